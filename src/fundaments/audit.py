@@ -1,0 +1,159 @@
+"""The audit trail: an append-only, hash-chained record of every security decision.
+
+Each event is written in the same transaction as the change it records, so a crash cannot keep
+the change and lose the event; each also goes out as one JSON line on the ``fundaments.audit``
+logger for shipping elsewhere. Nothing secret is ever passed in: callers hand over ids, the
+username as typed (normalized, truncated) and small JSON details.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fundaments.clock import Clock
+from fundaments.models import AuditEvent
+from fundaments.store import Database, Executor
+from fundaments.store import audit as queries
+
+audit_log = logging.getLogger("fundaments.audit")
+
+EVENT_FIELDS = (
+    "occurred_at",
+    "kind",
+    "outcome",
+    "actor_user_id",
+    "subject_user_id",
+    "username",
+    "ip_address",
+    "user_agent",
+    "session_id",
+    "details",
+)
+MAX_USERNAME = 254
+MAX_USER_AGENT = 512
+MAX_DETAILS_CHARS = 4_096
+
+
+def canonical(fields: Mapping[str, Any]) -> str:
+    """The canonical JSON form an event's hash covers."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def chain_hash(prev_hash: str, canonical_form: str) -> str:
+    return hashlib.sha256((prev_hash + canonical_form).encode("ascii")).hexdigest()
+
+
+def _details_json(details: Mapping[str, Any] | None) -> str:
+    text = canonical(details or {})
+    if len(text) > MAX_DETAILS_CHARS:  # keep it valid JSON rather than cut mid-value
+        text = canonical({"truncated": True, "size": len(text)})
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerification:
+    """Truthy when the chain is intact; otherwise names the first event that does not fit."""
+
+    ok: bool
+    events_checked: int
+    broken_event_id: int | None = None
+    reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class AuditTrail:
+    """Appends and reads audit events."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def record(
+        self,
+        kind: str,
+        *,
+        outcome: str = "success",
+        tx: Executor | None = None,
+        actor_user_id: int | None = None,
+        subject_user_id: int | None = None,
+        username: str | None = None,
+        ip_address: str | None = None,
+        user_agent: str | None = None,
+        session_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append one event (inside ``tx`` when given, else in a transaction of its own); its id."""
+        fields: dict[str, Any] = {
+            "occurred_at": self._clock.now(),
+            "kind": kind,
+            "outcome": outcome,
+            "actor_user_id": actor_user_id,
+            "subject_user_id": subject_user_id,
+            "username": username[:MAX_USERNAME] if username is not None else None,
+            "ip_address": ip_address,
+            "user_agent": user_agent[:MAX_USER_AGENT] if user_agent is not None else None,
+            "session_id": session_id,
+            "details": _details_json(details),
+        }
+        if tx is None:
+            async with self._db.transaction() as own_tx:
+                return await self._append(own_tx, fields)
+        return await self._append(tx, fields)
+
+    async def _append(self, tx: Executor, fields: dict[str, Any]) -> int:
+        await queries.lock_chain(tx, self._db.dialect)
+        prev = await queries.last_hash(tx)
+        digest = chain_hash(prev, canonical(fields))
+        event_id = await queries.insert_event(tx, (*fields.values(), prev, digest))
+        # json.dumps escapes control characters, so a crafted username cannot forge a log line.
+        audit_log.info(canonical({"id": event_id, **fields}))
+        return event_id
+
+    async def events(
+        self,
+        *,
+        user_id: int | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Events, newest first, filtered by subject or actor user, kind and time."""
+        rows = await queries.events(self._db, user_id=user_id, kind=kind, since=since, limit=limit)
+        return [
+            AuditEvent(
+                id=int(r["id"]),
+                occurred_at=float(r["occurred_at"]),
+                kind=r["kind"],
+                outcome=r["outcome"],
+                actor_user_id=r["actor_user_id"],
+                subject_user_id=r["subject_user_id"],
+                username=r["username"],
+                ip_address=r["ip_address"],
+                user_agent=r["user_agent"],
+                session_id=r["session_id"],
+                details=json.loads(r["details"]),
+            )
+            for r in rows
+        ]
+
+    async def verify_chain(self) -> ChainVerification:
+        """Recompute every hash in order; the first event whose hash or link does not match."""
+        prev = queries.GENESIS_HASH
+        rows = await queries.all_events_in_order(self._db)
+        for count, row in enumerate(rows, start=1):
+            fields = {k: row[k] for k in EVENT_FIELDS}
+            if row["prev_hash"] != prev:
+                return ChainVerification(False, count, int(row["id"]), "link to the previous event is broken")
+            if chain_hash(prev, canonical(fields)) != row["hash"]:
+                return ChainVerification(
+                    False, count, int(row["id"]), "event content does not match its hash"
+                )
+            prev = row["hash"]
+        return ChainVerification(True, len(rows))

@@ -1,0 +1,148 @@
+"""Wiring: ``initialize_fundaments()`` builds every service from configuration and injects it.
+
+Nothing here is a module-level singleton: two calls give two independent sets of services (two
+application instances in one test, say), each closed by its own ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, cast
+
+from fundaments.access_control import AccessControl
+from fundaments.audit import AuditTrail
+from fundaments.clock import Clock, SystemClock
+from fundaments.config import Settings, configure_logging, degraded_services, load_settings
+from fundaments.encryption import EncryptionService
+from fundaments.passwords import PasswordService
+from fundaments.security import Security
+from fundaments.sessions import SessionManager
+from fundaments.store import Database, open_database
+from fundaments.user_handler import UserHandler
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEYS = (
+    "config",
+    "db",
+    "encryption",
+    "user_handler",
+    "sessions",
+    "access_control",
+    "audit",
+    "security",
+)
+
+
+class Fundaments(Mapping[str, Any]):
+    """The started services, read-only: ``fundaments["security"]``. Close with ``await close()``."""
+
+    def __init__(self, services: dict[str, Any]) -> None:
+        self._services = {key: services.get(key) for key in SERVICE_KEYS}
+        self._closed = False
+
+    def __getitem__(self, key: str) -> Any:
+        return self._services[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._services)
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    @property
+    def security(self) -> Security:
+        return cast(Security, self._services["security"])
+
+    @property
+    def settings(self) -> Settings:
+        return cast(Settings, self._services["config"])
+
+    def started(self) -> dict[str, bool]:
+        """Which services are running (``False``: disabled or failed, reason in the log)."""
+        return {key: self._services[key] is not None for key in SERVICE_KEYS}
+
+    async def close(self) -> None:
+        """Stop background work and dispose of the database connections. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for key in ("access_control", "sessions", "user_handler"):
+            service = self._services.get(key)
+            if service is not None:
+                await service.close()
+        db: Database | None = self._services.get("db")
+        if db is not None:
+            await db.close()
+
+    async def __aenter__(self) -> Fundaments:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+async def _build_encryption(settings: Settings) -> EncryptionService | None:
+    for _service, warning in degraded_services(settings):
+        log.warning(warning)
+    if not settings.encryption_configured:
+        return None
+    assert settings.master_encryption_key is not None and settings.encryption_salt is not None
+    # PBKDF2 with 600,000 iterations takes a few hundred milliseconds: keep it off the loop.
+    return await asyncio.to_thread(
+        EncryptionService,
+        settings.master_encryption_key.get_secret_value(),
+        settings.encryption_salt,
+        settings.previous_master_keys,
+    )
+
+
+async def initialize_fundaments(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    configure_logs: bool = True,
+) -> Fundaments:
+    """Build and start every service; the returned mapping holds them under SERVICE_KEYS.
+
+    Raises ConfigurationError for an invalid setting and StorageError when the database cannot be
+    opened or migrated: without storage no security decision can be made.
+    """
+    settings = settings if settings is not None else load_settings()
+    clock = clock or SystemClock()
+    if configure_logs:
+        configure_logging(settings)
+    db = await open_database(settings.database, settings)
+    log.info("database ready: %s", db.description)
+    try:
+        audit = AuditTrail(db, clock)
+        encryption = await _build_encryption(settings)
+        passwords = PasswordService.from_settings(settings)
+        user_handler = UserHandler(db, settings, clock, audit, passwords)
+        sessions = SessionManager(db, settings, clock, audit)
+        access_control = AccessControl(db, settings, clock, audit)
+        await user_handler.start()
+        await sessions.start()
+        await access_control.start()
+    except BaseException:
+        await db.close()
+        raise
+    services: dict[str, Any] = {
+        "config": settings,
+        "db": db,
+        "encryption": encryption,
+        "user_handler": user_handler,
+        "sessions": sessions,
+        "access_control": access_control,
+        "audit": audit,
+    }
+    services["security"] = Security(services)
+    fundaments = Fundaments(services)
+    started = ", ".join(key for key, up in fundaments.started().items() if up)
+    log.info("fundaments started: %s", started)
+    return fundaments

@@ -1,0 +1,376 @@
+"""The one settings object, built with pydantic-settings.
+
+Sources, in rising precedence: field defaults, the ``.env`` file (path from ``FUNDAMENTS_ENV_FILE``,
+default ``./.env``), the process environment, and ``NAME_FILE`` variables (the secret is read from the
+named file, trailing newline stripped: the Docker/Kubernetes secrets convention).
+
+A variable that is absent disables what needs it (see :func:`degraded_services`); a variable that is
+set but invalid raises :class:`~fundaments.errors.ConfigurationError` naming it, what is wrong and how
+to fix it. Empty values count as absent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from fundaments.config.database import DatabaseURL, parse_database_url
+from fundaments.errors import ConfigurationError
+
+ENV_FILE_VARIABLE = "FUNDAMENTS_ENV_FILE"
+DEFAULT_ENV_FILE = ".env"
+DEFAULT_DATABASE_URL = "sqlite:///./var/fundaments.db"
+MIN_MASTER_KEY_LENGTH = 32
+MIN_SALT_BYTES = 16
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+# The seed's .env.example shipped these; they must never be mistaken for real values.
+PLACEHOLDERS = frozenset({"your_256_bit_key_here", "your_unique_salt_here", "your_database_dsn_here"})
+
+KEYS_HINT = "generate fresh values with `fundaments keys generate`"
+
+
+def _placeholder_check(name: str, value: str) -> None:
+    if value.strip() in PLACEHOLDERS:
+        raise ValueError(
+            f"{name} is still the placeholder {value.strip()!r} from the example; set a real value"
+        )
+
+
+class _SecretFileSource(PydanticBaseSettingsSource):
+    """``NAME_FILE=/run/secrets/name``: the value of NAME is the content of that file."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        env: EnvSettingsSource,
+        dotenv: DotEnvSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._lookups: list[Mapping[str, str | None]] = [env.env_vars, dotenv.env_vars]
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            variable = f"{name}_file"
+            path = next((m[variable] for m in self._lookups if m.get(variable)), None)
+            if path is None:
+                continue
+            values[name] = read_secret_file(f"{name.upper()}_FILE", path)
+        return values
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret stored in ``path``, trailing newline(s) stripped; ConfigurationError if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{variable} points to {path!r}, which cannot be read ({exc.strerror or exc}); "
+            "mount the secret there or unset the variable",
+            variable=variable,
+        ) from None
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        raise ConfigurationError(
+            f"{variable} points to {path!r}, which is larger than {MAX_SECRET_FILE_BYTES} bytes; "
+            "it should hold one secret value",
+            variable=variable,
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigurationError(
+            f"{variable} points to {path!r}, which is not UTF-8 text", variable=variable
+        ) from None
+    return text.rstrip("\r\n")
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every fundaments setting. Variable names are the upper-case field names."""
+
+    model_config = SettingsConfigDict(
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=True,
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    # --- storage --------------------------------------------------------------------------------
+    database_url: SecretStr = Field(default=SecretStr(DEFAULT_DATABASE_URL))
+    db_pool_min_size: int = Field(default=2, ge=1, le=100)
+    db_pool_max_size: int = Field(default=20, ge=1, le=1000)
+
+    # --- encryption (issue: encryption at rest) -------------------------------------------------
+    master_encryption_key: SecretStr | None = None
+    master_encryption_key_previous: SecretStr | None = None  # comma-separated retired keys
+    persistent_encryption_salt: SecretStr | None = None
+
+    # --- logging --------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_to_tmp: bool = False
+    enable_public_logs: bool = True
+
+    # --- application ----------------------------------------------------------------------------
+    app_name: str = Field(default="fundaments", min_length=1, max_length=100)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    # --- passwords and accounts -----------------------------------------------------------------
+    password_hasher: Literal["argon2id", "pbkdf2_sha256"] = "argon2id"  # noqa: S105 - a scheme name
+    password_min_length: int = Field(default=15, ge=8, le=64)
+    password_max_length: int = Field(default=1024, ge=64, le=4096)
+    argon2_memory_cost: int = Field(default=19 * 1024, ge=1024, le=4 * 1024 * 1024)  # KiB
+    argon2_time_cost: int = Field(default=2, ge=1, le=100)
+    argon2_parallelism: int = Field(default=1, ge=1, le=64)
+    pbkdf2_iterations: int = Field(default=600_000, ge=1_000, le=100_000_000)
+    hashing_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    hashing_queue_size: int = Field(default=64, ge=0, le=100_000)
+    lockout_threshold: int = Field(default=5, ge=1, le=1000)
+    lockout_base_seconds: int = Field(default=900, ge=1)
+    lockout_max_seconds: int = Field(default=86_400, ge=0)  # 0: locked until an administrator unlocks
+    throttle_ip_failures: int = Field(default=50, ge=1)
+    throttle_ip_window: int = Field(default=900, ge=1)  # seconds
+
+    # --- sessions -------------------------------------------------------------------------------
+    session_binding: Literal["strict", "subnet", "log", "off"] = "strict"
+    session_idle_timeout: int = Field(default=1_800, ge=1)  # seconds
+    session_absolute_timeout: int = Field(default=43_200, ge=1)  # seconds
+    session_max_per_user: int = Field(default=20, ge=1, le=10_000)
+    session_touch_interval: int = Field(default=60, ge=0)  # seconds
+    session_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+
+    # --- access control -------------------------------------------------------------------------
+    rbac_default_roles: bool = True  # first start creates `admin` (*) and `member` (nothing)
+    rbac_refresh_seconds: float = Field(default=0.5, ge=0.05, le=60)  # poll for changes by other instances
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        secret_files = _SecretFileSource(settings_cls, env_settings, dotenv_settings)
+        return (init_settings, secret_files, env_settings, dotenv_settings)
+
+    # --- validation -----------------------------------------------------------------------------
+    @field_validator("master_encryption_key")
+    @classmethod
+    def _check_master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        _placeholder_check("MASTER_ENCRYPTION_KEY", raw)
+        if len(raw) < MIN_MASTER_KEY_LENGTH:
+            raise ValueError(
+                f"MASTER_ENCRYPTION_KEY is {len(raw)} characters; use at least {MIN_MASTER_KEY_LENGTH} "
+                "(fundaments keys generate)"
+            )
+        return value
+
+    @field_validator("master_encryption_key_previous")
+    @classmethod
+    def _check_previous_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        for index, key in enumerate(_split_list(value.get_secret_value()), start=1):
+            _placeholder_check("MASTER_ENCRYPTION_KEY_PREVIOUS", key)
+            if len(key) < MIN_MASTER_KEY_LENGTH:
+                raise ValueError(
+                    f"MASTER_ENCRYPTION_KEY_PREVIOUS entry {index} is {len(key)} characters; retired keys "
+                    f"are at least {MIN_MASTER_KEY_LENGTH} characters too (check for a stray comma)"
+                )
+        return value
+
+    @field_validator("persistent_encryption_salt")
+    @classmethod
+    def _check_salt(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        _placeholder_check("PERSISTENT_ENCRYPTION_SALT", raw)
+        try:
+            decoded = bytes.fromhex(raw)
+        except ValueError:
+            decoded = b""
+        if len(decoded) < MIN_SALT_BYTES:
+            raise ValueError(
+                f"PERSISTENT_ENCRYPTION_SALT must be hex, at least {MIN_SALT_BYTES} bytes "
+                f"({2 * MIN_SALT_BYTES} hex digits) (fundaments keys generate)"
+            )
+        return SecretStr(raw)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        _placeholder_check("DATABASE_URL", raw)
+        parse_database_url(raw)  # raises ValueError with the explanation
+        return SecretStr(raw)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("password_hasher", "session_binding", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: Any) -> Any:
+        value = _split_list(value)
+        for entry in value or []:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TRUSTED_PROXIES entry {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError(
+                "DB_POOL_MIN_SIZE is larger than DB_POOL_MAX_SIZE; lower the first or raise the second"
+            )
+        if self.session_idle_timeout > self.session_absolute_timeout:
+            raise ValueError(
+                "SESSION_IDLE_TIMEOUT is longer than SESSION_ABSOLUTE_TIMEOUT; "
+                "the idle timeout must be the shorter"
+            )
+        if self.lockout_max_seconds and self.lockout_max_seconds < self.lockout_base_seconds:
+            raise ValueError(
+                "LOCKOUT_MAX_SECONDS is shorter than LOCKOUT_BASE_SECONDS; raise it, or set 0 for "
+                "'locked until an administrator unlocks'"
+            )
+        if self.password_min_length > self.password_max_length:
+            raise ValueError("PASSWORD_MIN_LENGTH is larger than PASSWORD_MAX_LENGTH")
+        return self
+
+    # --- derived values -------------------------------------------------------------------------
+    @property
+    def database(self) -> DatabaseURL:
+        return parse_database_url(self.database_url.get_secret_value())
+
+    @property
+    def encryption_configured(self) -> bool:
+        return self.master_encryption_key is not None and self.persistent_encryption_salt is not None
+
+    @property
+    def previous_master_keys(self) -> list[str]:
+        if self.master_encryption_key_previous is None:
+            return []
+        return list(_split_list(self.master_encryption_key_previous.get_secret_value()))
+
+    @property
+    def encryption_salt(self) -> bytes | None:
+        if self.persistent_encryption_salt is None:
+            return None
+        return bytes.fromhex(self.persistent_encryption_salt.get_secret_value())
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in clear text: what the log redaction filter masks."""
+        secrets_: list[str] = []
+        for value in (self.master_encryption_key, self.persistent_encryption_salt):
+            if value is not None:
+                secrets_.append(value.get_secret_value())
+        secrets_.extend(self.previous_master_keys)
+        password = self.database.password
+        if password:
+            secrets_.append(password)
+        return [s for s in secrets_ if len(s) >= 4]
+
+
+def env_file_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(ENV_FILE_VARIABLE) or DEFAULT_ENV_FILE)
+
+
+_VALUE_ERROR_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def _problems_from(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in item.get("loc", ()))
+        message = _VALUE_ERROR_PREFIX.sub("", item.get("msg", "invalid value"))
+        variable = location.upper()
+        if not location or message.startswith(variable):
+            problems.append(message)
+        else:
+            problems.append(f"{variable} is invalid: {message}")
+    return problems
+
+
+def load_settings(env_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Settings from defaults, ``.env``, the environment and ``*_FILE`` secrets.
+
+    ``overrides`` (field names) win over every source; tests and embedding applications use them.
+    Raises ConfigurationError listing every invalid variable.
+    """
+    path = Path(env_file) if env_file is not None else env_file_path()
+    try:
+        return Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = _problems_from(exc)
+        first = problems[0] if problems else "invalid configuration"
+        variable = first.split(" ", 1)[0] if first[:1].isupper() else None
+        raise ConfigurationError("\n".join(problems), variable=variable, problems=problems) from None
+
+
+def degraded_services(settings: Settings) -> list[tuple[str, str]]:
+    """(service, warning) for each service an absent variable disables."""
+    warnings: list[tuple[str, str]] = []
+    missing = [
+        name
+        for name, value in (
+            ("MASTER_ENCRYPTION_KEY", settings.master_encryption_key),
+            ("PERSISTENT_ENCRYPTION_SALT", settings.persistent_encryption_salt),
+        )
+        if value is None
+    ]
+    if missing:
+        warnings.append(
+            (
+                "encryption",
+                " and ".join(missing) + " not set: encryption is disabled "
+                f"(encrypt_data/decrypt_data raise ServiceUnavailable); {KEYS_HINT}",
+            )
+        )
+    return warnings

@@ -1,0 +1,78 @@
+"""Every error fundaments raises on purpose derives from :class:`FundamentsError`.
+
+Messages say what happened and what to do; they never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class FundamentsError(Exception):
+    """Base class of every fundaments error."""
+
+
+class ConfigurationError(FundamentsError):
+    """A configuration value is set but invalid; start-up stops."""
+
+    def __init__(
+        self, message: str, *, variable: str | None = None, problems: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.variable = variable
+        self.problems = list(problems) if problems else [message]
+
+
+class PasswordPolicyError(FundamentsError, ValueError):
+    """A new password breaks one or more rules of the password policy."""
+
+    def __init__(self, failures: list[str]) -> None:
+        self.failures = list(failures)
+        super().__init__("Password rejected: " + "; ".join(self.failures))
+
+
+class UserExistsError(FundamentsError):
+    """An account with this (normalized) username already exists."""
+
+
+class UnknownUserError(FundamentsError, LookupError):
+    """No account has this id or username."""
+
+
+class InvalidUsernameError(FundamentsError, ValueError):
+    """A username is empty, too long or contains control characters."""
+
+
+class InvalidPasswordHashError(FundamentsError, ValueError):
+    """An imported password hash is not in one of the supported formats."""
+
+
+class AuthenticationError(FundamentsError):
+    """A credential check failed (for example the current password in change_password)."""
+
+
+class PermissionDenied(FundamentsError):
+    """The user lacks the permission an action requires."""
+
+    def __init__(self, message: str, *, user_id: int | None = None, permission: str | None = None) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+        self.permission = permission
+
+
+class RoleError(FundamentsError, ValueError):
+    """A role operation is invalid: unknown role, bad name, inheritance cycle."""
+
+
+class DecryptionError(FundamentsError, ValueError):
+    """Data could not be decrypted: unparseable, wrong key, wrong context or tampered."""
+
+
+class ServiceUnavailable(FundamentsError):
+    """A service is not configured or not running; the message names what to configure."""
+
+
+class StorageError(FundamentsError):
+    """The database rejected an operation or cannot be reached."""
+
+
+class ConstraintViolation(StorageError):
+    """A statement broke a unique, foreign-key or check constraint (services translate it)."""

@@ -1,0 +1,126 @@
+"""Small immutable value types that cross layer boundaries."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_IP_LENGTH = 45  # longest textual IPv6 address
+MAX_USER_AGENT_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    is_disabled: bool = False
+    must_change_password: bool = False
+    created_at: float = 0.0
+    roles: tuple[str, ...] = ()
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_disabled
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who is on the other end of a request: client IP and User-Agent (and an optional device cookie)."""
+
+    ip_address: str
+    user_agent: str
+    device_token: str | None = None
+
+    @classmethod
+    def coerce(cls, request_data: RequestContext | Mapping[str, Any]) -> RequestContext:
+        """A RequestContext from the seed's dict (``ip_address``, ``user_agent``) or a RequestContext.
+
+        Raises ValueError naming the missing or malformed field; never guesses "unknown".
+        """
+        if isinstance(request_data, RequestContext):
+            ctx = request_data
+        elif isinstance(request_data, Mapping):
+            missing = [k for k in ("ip_address", "user_agent") if k not in request_data]
+            if missing:
+                raise ValueError(
+                    "request_data is missing "
+                    + " and ".join(repr(m) for m in missing)
+                    + "; pass {'ip_address': client IP, 'user_agent': User-Agent header}"
+                )
+            device = request_data.get("device_token")
+            ctx = cls(request_data["ip_address"], request_data["user_agent"], device)
+        else:
+            raise ValueError(
+                f"request_data must be a dict or RequestContext, not {type(request_data).__name__}"
+            )
+        if not isinstance(ctx.ip_address, str) or not ctx.ip_address.strip():
+            raise ValueError("request_data['ip_address'] must be a non-empty string (the client IP)")
+        if len(ctx.ip_address) > MAX_IP_LENGTH:
+            raise ValueError(f"request_data['ip_address'] is longer than {MAX_IP_LENGTH} characters")
+        if not isinstance(ctx.user_agent, str):
+            raise ValueError(
+                "request_data['user_agent'] must be a string (the User-Agent header, may be empty)"
+            )
+        if ctx.device_token is not None and not isinstance(ctx.device_token, str):
+            raise ValueError("request_data['device_token'] must be a string or absent")
+        if len(ctx.user_agent) > MAX_USER_AGENT_LENGTH:
+            ctx = cls(ctx.ip_address, ctx.user_agent[:MAX_USER_AGENT_LENGTH], ctx.device_token)
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A live session. ``token`` is only set when it was just issued (login or rotation)."""
+
+    id: str
+    user_id: int
+    created_at: float
+    last_seen: float
+    expires_at: float
+    ip_address: str
+    user_agent: str
+    token: str | None = field(default=None, repr=False)
+    rotated_token: str | None = field(default=None, repr=False)
+    username: str | None = None
+
+
+class LoginFailure(enum.Enum):
+    INVALID_CREDENTIALS = "invalid_credentials"
+    LOCKED = "locked"
+    THROTTLED = "throttled"
+    DISABLED = "disabled"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """Outcome of ``Security.user_login``; truthy only on success."""
+
+    user: User | None = None
+    session: Session | None = None
+    reason: LoginFailure | None = None
+    device_token: str | None = field(default=None, repr=False)
+
+    def __bool__(self) -> bool:
+        return self.reason is None and self.session is not None
+
+    @property
+    def success(self) -> bool:
+        return bool(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: int
+    occurred_at: float
+    kind: str
+    outcome: str
+    actor_user_id: int | None
+    subject_user_id: int | None
+    username: str | None
+    ip_address: str | None
+    user_agent: str | None
+    session_id: str | None
+    details: Mapping[str, Any]

@@ -1,0 +1,55 @@
+"""Audit-trail queries: append one chained event, read events back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fundaments.store.base import Executor, Row
+
+GENESIS_HASH = "0" * 64
+CHAIN_LOCK_KEY = 0x61756474  # "audt": serializes appends across PostgreSQL instances
+
+
+async def lock_chain(tx: Executor, dialect: str) -> None:
+    """Hold the chain's append lock until the transaction ends (SQLite: the write lock already does)."""
+    if dialect == "postgresql":
+        await tx.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK_KEY)
+
+
+async def last_hash(tx: Executor) -> str:
+    value = await tx.fetchval("SELECT hash FROM fundaments_audit_events ORDER BY id DESC LIMIT 1")
+    return str(value) if value is not None else GENESIS_HASH
+
+
+async def insert_event(tx: Executor, values: tuple[Any, ...]) -> int:
+    event_id = await tx.fetchval(
+        "INSERT INTO fundaments_audit_events (occurred_at, kind, outcome, actor_user_id, subject_user_id, "
+        "username, ip_address, user_agent, session_id, details, prev_hash, hash) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        *values,
+    )
+    return int(event_id)
+
+
+async def events(
+    db: Executor,
+    *,
+    user_id: int | None = None,
+    kind: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+) -> list[Row]:
+    return await db.fetch(
+        "SELECT * FROM fundaments_audit_events "
+        "WHERE ($1::bigint IS NULL OR subject_user_id = $1 OR actor_user_id = $1) "
+        "AND ($2::text IS NULL OR kind = $2) AND ($3::float8 IS NULL OR occurred_at >= $3) "
+        "ORDER BY id DESC LIMIT $4",
+        user_id,
+        kind,
+        since,
+        limit,
+    )
+
+
+async def all_events_in_order(db: Executor) -> list[Row]:
+    return await db.fetch("SELECT * FROM fundaments_audit_events ORDER BY id")

@@ -1,0 +1,160 @@
+"""The schema, defined once as SQLAlchemy Core tables and migrated with Alembic.
+
+Every table carries the ``fundaments_`` prefix so it lives beside an application's own tables.
+Times are Unix seconds (UTC) as floating point: the same type on SQLite and PostgreSQL, and
+what the injected clock returns. Booleans come back as ``0/1`` from SQLite and ``bool`` from
+PostgreSQL: read them with ``bool(row["x"])``.
+
+After changing this file, regenerate the migration (see docs/schema.md).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+
+PREFIX = "fundaments_"
+VERSION_TABLE = f"{PREFIX}alembic_version"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Timestamp = Float(precision=53)
+
+# --- key/value counters (e.g. the RBAC version other instances poll) -------------------------------
+state = Table(
+    f"{PREFIX}state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False, server_default="0"),
+)
+
+# --- accounts (issue: accounts and passwords) ------------------------------------------------------
+users = Table(
+    f"{PREFIX}users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("username", String(254), nullable=False, unique=True),  # normalized: NFKC, casefold, trimmed
+    Column("password_hash", Text, nullable=False),  # self-describing (PHC / modular crypt)
+    Column("is_disabled", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    Column("must_change_password", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    Column("failed_attempts", Integer, nullable=False, server_default="0"),  # consecutive failures
+    Column("lock_count", Integer, nullable=False, server_default="0"),  # locks so far: backoff doubles
+    Column("locked_until", Timestamp, nullable=True),
+    Column("privilege_epoch", Integer, nullable=False, server_default="0"),  # bumped on privilege change
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("password_changed_at", Timestamp, nullable=False),
+)
+
+devices = Table(  # OWASP device cookies: a known device is not blocked by others' failures
+    f"{PREFIX}devices",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),  # SHA-256 of the device token
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), nullable=False, index=True),
+    Column("failed_attempts", Integer, nullable=False, server_default="0"),
+    Column("lock_count", Integer, nullable=False, server_default="0"),
+    Column("locked_until", Timestamp, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_used_at", Timestamp, nullable=False),
+)
+
+ip_throttle = Table(
+    f"{PREFIX}ip_throttle",
+    metadata,
+    Column("ip_address", String(64), primary_key=True),
+    Column("window_start", Timestamp, nullable=False),
+    Column("failures", Integer, nullable=False, server_default="0"),
+)
+
+# --- sessions (issue: sessions) -------------------------------------------------------------------
+sessions = Table(
+    f"{PREFIX}sessions",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),  # SHA-256 of the token; never the token
+    Column("id", String(32), nullable=False, unique=True),  # public id for listing and revoking
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_seen", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),  # absolute timeout
+    Column("ip_address", String(64), nullable=False),
+    Column("user_agent", String(512), nullable=False),
+    Column("privilege_epoch", Integer, nullable=False, server_default="0"),
+)
+Index(f"ix_{PREFIX}sessions_expires_at", sessions.c.expires_at)
+
+# --- access control (issue: access control) -------------------------------------------------------
+roles = Table(
+    f"{PREFIX}roles",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("description", Text, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+role_permissions = Table(
+    f"{PREFIX}role_permissions",
+    metadata,
+    Column("role_id", Id, ForeignKey(roles.c.id, ondelete="CASCADE"), primary_key=True),
+    Column("permission", String(128), primary_key=True),
+)
+
+role_inherits = Table(
+    f"{PREFIX}role_inherits",
+    metadata,
+    Column("role_id", Id, ForeignKey(roles.c.id, ondelete="CASCADE"), primary_key=True),
+    Column("parent_id", Id, ForeignKey(roles.c.id, ondelete="CASCADE"), primary_key=True),
+)
+
+user_roles = Table(
+    f"{PREFIX}user_roles",
+    metadata,
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), primary_key=True),
+    Column("role_id", Id, ForeignKey(roles.c.id, ondelete="CASCADE"), primary_key=True, index=True),
+    Column("granted_at", Timestamp, nullable=False),
+    Column("granted_by", BigInteger, nullable=True),
+)
+
+# --- audit trail (issue: the Security facade and the audit trail) ---------------------------------
+audit_events = Table(
+    f"{PREFIX}audit_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("occurred_at", Timestamp, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("actor_user_id", BigInteger, nullable=True),  # no foreign key: events outlive accounts
+    Column("subject_user_id", BigInteger, nullable=True),
+    Column("username", String(254), nullable=True),
+    Column("ip_address", String(64), nullable=True),
+    Column("user_agent", String(512), nullable=True),
+    Column("session_id", String(32), nullable=True),
+    Column("details", Text, nullable=False, server_default="{}"),  # JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+Index(f"ix_{PREFIX}audit_events_subject", audit_events.c.subject_user_id, audit_events.c.id)
+Index(f"ix_{PREFIX}audit_events_kind", audit_events.c.kind, audit_events.c.id)
