@@ -37,7 +37,9 @@ def postgres_admin_url() -> str | None:
     if not url:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{POSTGRES_ENV} is not set under CI=true: PostgreSQL tests must run in CI")
-        pytest.skip(f"{POSTGRES_ENV} not set: PostgreSQL tests skipped (see README: running against PostgreSQL)")
+        pytest.skip(
+            f"{POSTGRES_ENV} not set: PostgreSQL tests skipped (see README: running against PostgreSQL)"
+        )
     return url
 
 

@@ -12,15 +12,17 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, cast
 
+from fundaments import store
 from fundaments.access_control import AccessControl
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, configure_logging, degraded_services, load_settings
 from fundaments.encryption import EncryptionService
+from fundaments.errors import StorageError
 from fundaments.passwords import PasswordService
 from fundaments.security import Security
 from fundaments.sessions import SessionManager
-from fundaments.store import Database, open_database
+from fundaments.store import Database, open_database, probe_database
 from fundaments.user_handler import UserHandler
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,25 @@ async def _build_encryption(settings: Settings) -> EncryptionService | None:
         settings.encryption_salt,
         settings.previous_master_keys,
     )
+
+
+async def check_database(settings: Settings) -> str | None:
+    """None when the configured database can be reached; else the problem with its fix."""
+    try:
+        await probe_database(settings.database)
+    except StorageError as exc:
+        return str(exc)
+    return None
+
+
+async def migrate_database(settings: Settings) -> str | None:
+    """Upgrade the schema to the newest revision; the revision afterwards."""
+    return await store.upgrade(settings.database)
+
+
+async def schema_revisions(settings: Settings) -> tuple[str | None, str | None]:
+    """(revision the database is at, newest revision this version ships)."""
+    return await store.current(settings.database), store.head_revision()
 
 
 async def initialize_fundaments(

@@ -78,4 +78,9 @@ def configure_logging(settings: Settings, *, stream: object | None = None) -> Re
         handler._fundaments = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.propagate = False
+    # The application's own handlers (uvicorn's, basicConfig's) get the same filter.
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactionFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(redaction)
     return redaction

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -24,6 +24,7 @@ from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -141,7 +142,7 @@ class Settings(BaseSettings):
     app_name: str = Field(default="fundaments", min_length=1, max_length=100)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # comma-separated
 
     # --- passwords and accounts -----------------------------------------------------------------
     password_hasher: Literal["argon2id", "pbkdf2_sha256"] = "argon2id"  # noqa: S105 - a scheme name
@@ -315,6 +316,25 @@ class Settings(BaseSettings):
         if password:
             secrets_.append(password)
         return [s for s in secrets_ if len(s) >= 4]
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """(VARIABLE, value for display) for every setting; secrets masked, a DSN without its password."""
+    rows: list[tuple[str, str]] = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name == "database_url":
+            shown = settings.database.masked
+        elif isinstance(value, SecretStr):
+            shown = f"********** ({len(value.get_secret_value())} characters)"
+        elif value is None:
+            shown = "(not set)"
+        elif isinstance(value, list):
+            shown = ", ".join(map(str, value)) or "(none)"
+        else:
+            shown = str(value)
+        rows.append((name.upper(), shown))
+    return rows
 
 
 def env_file_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -1,0 +1,1 @@
+"""The example application served by ``python main.py``."""

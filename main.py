@@ -1,0 +1,56 @@
+"""fundaments' single entry point: configure, initialize the fundaments, run the application.
+
+    python main.py
+
+On a fresh checkout with no configuration it creates ./var/ (the SQLite database) and writes
+freshly generated keys to .env (mode 0600), never overwriting an existing value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from fundaments import initialize_fundaments
+from fundaments.config import ensure_env_keys, env_file_path, load_settings
+from fundaments.errors import FundamentsError
+
+log = logging.getLogger("fundaments.main")
+
+
+async def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    env_file = env_file_path()
+    written = ensure_env_keys(env_file)
+    if written:
+        log.warning(
+            "no encryption keys were configured: generated %s and wrote them to %s (mode 0600); "
+            "back this file up — data encrypted with these keys cannot be read without them",
+            " and ".join(written),
+            env_file,
+        )
+    try:
+        settings = load_settings()
+        fundaments = await initialize_fundaments(settings)
+    except FundamentsError as exc:
+        log.critical("fundaments could not start: %s", exc)
+        return 1
+    for name, up in fundaments.started().items():
+        log.info("service %-15s %s", name, "started" if up else "disabled (see the warnings above)")
+    from app.app import start_application
+
+    try:
+        await start_application(fundaments)
+    finally:
+        await fundaments.close()
+        log.info("fundaments closed")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main()))
+    except KeyboardInterrupt:
+        sys.exit(0)
