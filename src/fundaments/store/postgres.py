@@ -33,34 +33,37 @@ def _translate(exc: Exception) -> StorageError:
 
 
 class _Runner:
-    """Statements on the pool (each on any free connection) or on one acquired connection."""
+    """Statements on one acquired connection (inside a transaction)."""
 
-    def __init__(self, target: Any) -> None:
-        self._conn = target  # asyncpg.Pool or asyncpg.Connection: the same query methods
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def _run(self, method: str, sql: str, args: Sequence[Any]) -> Any:
+        return await getattr(self._conn, method)(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         try:
-            row: Row | None = await self._conn.fetchrow(sql, *args)
+            row: Row | None = await self._run("fetchrow", sql, args)
             return row
         except asyncpg.PostgresError as exc:
             raise _translate(exc) from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         try:
-            rows: list[Row] = await self._conn.fetch(sql, *args)
+            rows: list[Row] = await self._run("fetch", sql, args)
             return rows
         except asyncpg.PostgresError as exc:
             raise _translate(exc) from exc
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         try:
-            return await self._conn.fetchval(sql, *args)
+            return await self._run("fetchval", sql, args)
         except asyncpg.PostgresError as exc:
             raise _translate(exc) from exc
 
     async def execute(self, sql: str, *args: Any) -> int:
         try:
-            status: str = await self._conn.execute(sql, *args)
+            status: str = await self._run("execute", sql, args)
             return rowcount_from_status(status)
         except asyncpg.PostgresError as exc:
             raise _translate(exc) from exc
@@ -77,11 +80,28 @@ class PostgresDatabase(_Runner):
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, pool: Any, dsn: str) -> None:
+    def __init__(self, pool: Any, dsn: str, direct: Any = None) -> None:
         super().__init__(pool)
         self._pool = pool
         self.dsn = dsn
         self.description = mask_dsn(dsn)
+        # One connection held out of the pool for single statements while it is free: a pool
+        # acquire/release costs about a quarter of a primary-key lookup on loopback.
+        self._direct = direct
+        self._direct_busy = False
+
+    async def _run(self, method: str, sql: str, args: Sequence[Any]) -> Any:
+        direct = self._direct
+        if direct is None or self._direct_busy:
+            return await getattr(self._pool, method)(sql, *args)
+        if direct.is_closed():
+            self._direct = None  # lost (server restart): fall back to the pool from now on
+            return await getattr(self._pool, method)(sql, *args)
+        self._direct_busy = True
+        try:
+            return await getattr(direct, method)(sql, *args)
+        finally:
+            self._direct_busy = False
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20) -> PostgresDatabase:
@@ -99,7 +119,7 @@ class PostgresDatabase(_Runner):
                 f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {exc}; check DATABASE_URL and that "
                 "the server is running"
             ) from None
-        return cls(pool, dsn)
+        return cls(pool, dsn, direct=await pool.acquire())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
@@ -107,4 +127,7 @@ class PostgresDatabase(_Runner):
             yield _Runner(conn)
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._pool.release(self._direct)
+            self._direct = None
         await self._pool.close()
