@@ -343,3 +343,9 @@ def test_first_run_respects_keys_from_the_environment(tmp_path: Path) -> None:
     environ = {"MASTER_ENCRYPTION_KEY": KEY, "PERSISTENT_ENCRYPTION_SALT_FILE": "/run/secrets/salt"}
     assert ensure_env_keys(tmp_path / ".env", environ=environ) == []
     assert not (tmp_path / ".env").exists()
+
+
+def test_env_example_documents_every_variable() -> None:
+    example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"{name.upper()}=" not in example]
+    assert missing == []
