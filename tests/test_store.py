@@ -203,3 +203,5 @@ async def test_unreachable_postgres_is_a_clear_storage_error() -> None:
 def test_sqlite_translation() -> None:
     sql = "SELECT a FROM t WHERE b = $1 AND c = $12::text FOR UPDATE"
     assert to_sqlite(sql) == "SELECT a FROM t WHERE b = ?1 AND c = ?12"
+    sql = "SELECT a FROM t WHERE ($1::bigint IS NULL OR a = $1) AND d > $2::double precision"
+    assert to_sqlite(sql) == "SELECT a FROM t WHERE (?1 IS NULL OR a = ?1) AND d > ?2"

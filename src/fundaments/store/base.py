@@ -52,7 +52,7 @@ class Database(Executor, Protocol):
 
 
 _NUMBERED = re.compile(r"\$(\d+)")
-_CAST = re.compile(r"::[a-zA-Z_][a-zA-Z0-9_ ]*(\[\])?")
+_CAST = re.compile(r"::(double precision|[a-zA-Z_][a-zA-Z0-9_]*)(\[\])?", re.IGNORECASE)
 _FOR_UPDATE = re.compile(r"\s+FOR\s+(UPDATE|SHARE)(\s+SKIP\s+LOCKED|\s+NOWAIT)?", re.IGNORECASE)
 
 
