@@ -88,16 +88,13 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.postgres
-async def test_three_processes_start_at_once_on_a_fresh_postgres_database(
-    postgres_url: str, tmp_path: Path
-) -> None:
+async def test_three_processes_start_at_once_on_a_fresh_database(database_url: str, tmp_path: Path) -> None:
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             STARTER,
-            postgres_url,
+            database_url,
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -108,4 +105,17 @@ async def test_three_processes_start_at_once_on_a_fresh_postgres_database(
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err.decode()
         assert out.decode().strip() == "started"
-    assert await current(load_settings(database_url=postgres_url).database) == head_revision()
+    assert await current(load_settings(database_url=database_url).database) == head_revision()
+
+
+async def test_three_instances_start_at_once_in_one_process(settings, clock) -> None:
+    # Alembic keeps the running migration in module globals: concurrent starts must not overlap.
+    started = await asyncio.gather(
+        *(initialize_fundaments(settings, clock=clock, configure_logs=False) for _ in range(3))
+    )
+    try:
+        assert all(f.started()["security"] for f in started)
+        assert await current(settings.database) == head_revision()
+    finally:
+        for instance in started:
+            await instance.close()

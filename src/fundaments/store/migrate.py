@@ -8,8 +8,12 @@ migration transaction serializes processes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +84,56 @@ def _sqlite_engine(url: DatabaseURL) -> Any:
     return engine
 
 
+# Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so
+# two migrations in one process must never overlap, even on different databases: every migration
+# runs on a worker thread holding this lock (PostgreSQL's in an event loop of its own there).
+_ALEMBIC_LOCK = threading.Lock()
+
+
+@contextmanager
+def _sqlite_file_lock(path: Path) -> Iterator[None]:
+    """Serialize migrations of one SQLite file across processes (PostgreSQL uses an advisory lock)."""
+    lock_path = path.with_name(path.name + ".migrate-lock")
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _run_sqlite(url: DatabaseURL, action: Callable[[Connection], str | None]) -> str | None:
+    assert url.sqlite_path is not None
+    engine = _sqlite_engine(url)
+    try:
+        with _sqlite_file_lock(url.sqlite_path), engine.connect() as connection:
+            return action(connection)
+    finally:
+        engine.dispose()
+
+
+async def _run_postgres(url: DatabaseURL, action: Callable[[Connection], str | None]) -> str | None:
+    connect_args: dict[str, Any] = {}
+    if url.sslmode is not None:
+        connect_args["ssl"] = url.sslmode
+    engine = create_async_engine(url.sqlalchemy_url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(action)
+    finally:
+        await engine.dispose()
+
+
+def _run_locked(url: DatabaseURL, action: Callable[[Connection], str | None]) -> str | None:
+    with _ALEMBIC_LOCK:
+        if url.dialect == "sqlite":
+            return _run_sqlite(url, action)
+        return asyncio.run(_run_postgres(url, action))
+
+
 async def _run(url: DatabaseURL, action: Callable[[Connection], str | None]) -> str | None:
     try:
-        if url.dialect == "sqlite":
-            engine = _sqlite_engine(url)
-
-            def run_sync() -> str | None:
-                try:
-                    with engine.connect() as connection:
-                        return action(connection)
-                finally:
-                    engine.dispose()
-
-            return await asyncio.to_thread(run_sync)
-        assert url.postgres_dsn is not None
-        connect_args: dict[str, Any] = {}
-        if url.sslmode is not None:
-            connect_args["ssl"] = url.sslmode
-        async_engine = create_async_engine(url.sqlalchemy_url, poolclass=NullPool, connect_args=connect_args)
-        try:
-            async with async_engine.connect() as connection:
-                return await connection.run_sync(action)
-        finally:
-            await async_engine.dispose()
+        return await asyncio.to_thread(_run_locked, url, action)
     except StorageError:
         raise
     except Exception as exc:
