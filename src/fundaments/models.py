@@ -124,3 +124,14 @@ class AuditEvent:
     user_agent: str | None
     session_id: str | None
     details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """A role as stored: its own permissions and the roles it inherits (by name), both sorted."""
+
+    name: str
+    permissions: tuple[str, ...] = ()
+    inherits: tuple[str, ...] = ()
+    description: str | None = None
+    created_at: float = 0.0
