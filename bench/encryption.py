@@ -1,0 +1,202 @@
+"""Encryption benchmark: envelopes against bare AES-GCM, files against a plain copy.
+
+    python bench/encryption.py            # values and a 1 GiB file under /tmp (deleted afterwards)
+    python bench/encryption.py --file-mib 256
+
+Ratios compare against baselines measured in the same process, interleaved round by round
+(best of the rounds), so a busy machine moves both sides alike. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fundaments import initialize_fundaments
+from fundaments.config import load_settings
+from fundaments.security import Security
+
+KEY = "bench-master-key-0123456789abcdefghijklmnopqrstuvwxyz"
+SALT = "00112233445566778899aabbccddeeff"
+CHUNK = 1 << 20  # the file format's default segment size, and the copy's chunk size
+MIB = 1 << 20
+
+
+def best_rate(fn: Callable[[], object], number: int) -> float:
+    """Operations per second of one timing run."""
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return number / (time.perf_counter() - start)
+
+
+def bench_values(security: Security, rounds: int) -> None:
+    print("values: encrypt_data + decrypt_data against bare AESGCM.encrypt + decrypt (cached key)")
+    aead = AESGCM(os.urandom(32))
+    fixed_nonce = os.urandom(12)
+    for size in (32, 1024):
+        text = "x" * size
+        data = text.encode()
+
+        def bare_random_nonce(data: bytes = data) -> object:
+            nonce = os.urandom(12)  # what every correct bare caller must do per message
+            return aead.decrypt(nonce, aead.encrypt(nonce, data, None), None)
+
+        def bare_fixed_nonce(data: bytes = data) -> object:  # the cipher alone, not a usable scheme
+            return aead.decrypt(fixed_nonce, aead.encrypt(fixed_nonce, data, None), None)
+
+        def envelope(text: str = text) -> object:
+            return security.decrypt_data(security.encrypt_data(text))
+
+        def envelope_context(text: str = text) -> object:
+            return security.decrypt_data(
+                security.encrypt_data(text, context="user:42:api_key"), context="user:42:api_key"
+            )
+
+        number = 10_000
+        best: dict[str, float] = {}
+        for _ in range(rounds * 3):
+            for name, fn in (
+                ("bare, random nonce", bare_random_nonce),
+                ("bare, fixed nonce", bare_fixed_nonce),
+                ("envelope", envelope),
+                ("envelope + context", envelope_context),
+            ):
+                best[name] = max(best.get(name, 0.0), best_rate(fn, number))
+        token = security.encrypt_data(text)
+        print(f"  {size:>5} B (envelope {len(token)} chars)")
+        for name, rate in best.items():
+            print(f"    {name:<22} {rate:>10,.0f} round trips/s")
+        envelope_rate = best["envelope"]
+        print(f"    ratio envelope / bare random nonce: {envelope_rate / best['bare, random nonce']:.2f}x")
+        print(f"    ratio envelope / bare fixed nonce:  {envelope_rate / best['bare, fixed nonce']:.2f}x")
+
+
+class PeakRss:
+    """Samples RSS every 2 ms in a thread; ``growth`` is the peak minus the RSS at start."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self.start_rss = self._process.memory_info().rss
+        self.peak = self.start_rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start_rss
+
+
+def plain_copy(src: Path, dst: Path) -> None:
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        while n := fin.readinto(buffer):
+            fout.write(view[:n])
+
+
+def raw_aes_gcm_rate(total: int) -> float:
+    aead = AESGCM(os.urandom(32))
+    chunk = os.urandom(CHUNK)
+    nonce = os.urandom(12)
+    start = time.perf_counter()
+    for _ in range(total // CHUNK):
+        aead.encrypt(nonce, chunk, None)
+    return total / (time.perf_counter() - start)
+
+
+async def bench_files(security: Security, size: int, rounds: int, workdir: Path) -> None:
+    src, copy, sealed, opened = (workdir / n for n in ("plain.bin", "copy.bin", "sealed.enc", "opened.bin"))
+    block = os.urandom(CHUNK)
+    with open(src, "wb") as out:
+        for _ in range(size // CHUNK):
+            out.write(block)
+    print(f"files: {size // MIB} MiB in {workdir}, {CHUNK // 1024} KiB chunks/segments")
+    best = {"plain copy": 0.0, "encrypt_file": 0.0, "decrypt_file": 0.0}
+    growth = {"encrypt_file": 0, "decrypt_file": 0}
+    for _ in range(rounds):
+        # Each timed run starts with no dirty pages pending, and every output is deleted as soon
+        # as it is not needed, so no run pays for the write-back of another's output.
+        os.sync()
+        start = time.perf_counter()
+        plain_copy(src, copy)
+        best["plain copy"] = max(best["plain copy"], size / (time.perf_counter() - start))
+        copy.unlink()
+        os.sync()
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            await security.encrypt_file(src, sealed)
+            best["encrypt_file"] = max(best["encrypt_file"], size / (time.perf_counter() - start))
+        growth["encrypt_file"] = max(growth["encrypt_file"], rss.growth)
+        os.sync()
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            await security.decrypt_file(sealed, opened)
+            best["decrypt_file"] = max(best["decrypt_file"], size / (time.perf_counter() - start))
+        growth["decrypt_file"] = max(growth["decrypt_file"], rss.growth)
+        opened.unlink()
+        sealed.unlink()
+    raw = raw_aes_gcm_rate(size)
+    for name, rate in best.items():
+        line = f"  {name:<13} {rate / 1e6:>8,.0f} MB/s"
+        if name in growth:
+            ratio = rate / best["plain copy"]
+            line += f"   ratio vs copy {ratio:.2f}x   peak RSS growth {growth[name] / MIB:.1f} MiB"
+        print(line)
+    print(f"  raw AES-256-GCM (1 MiB chunks, in memory) {raw / 1e6:,.0f} MB/s")
+    print(
+        f"  process max RSS (getrusage): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--file-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-files", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fundaments-bench-", dir="/tmp") as tmp:
+        workdir = Path(tmp)
+        settings = load_settings(
+            env_file=workdir / "absent.env",
+            database_url=f"sqlite:///{workdir / 'bench.db'}",
+            master_encryption_key=KEY,
+            persistent_encryption_salt=SALT,
+        )
+        start = time.perf_counter()
+        fundaments = await initialize_fundaments(settings, configure_logs=False)
+        elapsed = time.perf_counter() - start
+        print(f"start-up with key derivation (PBKDF2 600,000 + 480,000 iterations): {elapsed:.2f} s")
+        try:
+            bench_values(fundaments.security, args.rounds)
+            if not args.skip_files:
+                await bench_files(fundaments.security, args.file_mib * MIB, args.rounds, workdir)
+        finally:
+            await fundaments.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

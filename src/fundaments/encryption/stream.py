@@ -1,0 +1,197 @@
+"""Encrypted files: a chunked AEAD stream (the STREAM construction of Tink's streaming AEAD and age).
+
+File layout::
+
+    header (33 bytes): magic "FNDF" | version 1 | log2(segment size) | key id (4) | salt (16)
+                       | nonce prefix (7)
+    segment 0 .. n-1:  AES-256-GCM(segment of the plaintext) | tag (16)
+
+Every segment holds ``segment size`` plaintext bytes except the last, which holds 0..segment size.
+Segment i is sealed under the file key HKDF-Expand(master key, "fundaments/v1/file-key" | salt)
+with nonce ``prefix | i (4 bytes, big-endian) | last (1 byte: 1 for the final segment, else 0)``
+and the header as associated data. So a segment moved, dropped, duplicated or appended, a file cut
+at a segment boundary, or a header changed in any byte fails authentication.
+
+Output goes to a temporary file beside ``dst`` (mode 0600) that is renamed over ``dst`` only when
+the whole stream is done; decryption writes a segment only after its tag verified. Memory stays at
+a few segment buffers whatever the file size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fundaments.encryption.envelope import TAG_BYTES, authentication_failed, invalid_format
+from fundaments.encryption.keys import KEY_ID_BYTES
+
+MAGIC = b"FNDF"
+VERSION = 1
+SALT_BYTES = 16
+NONCE_PREFIX_BYTES = 7
+HEADER_BYTES = len(MAGIC) + 2 + KEY_ID_BYTES + SALT_BYTES + NONCE_PREFIX_BYTES
+MIN_SEGMENT_LOG2 = 8  # 256 bytes: small segments only make sense in tests
+MAX_SEGMENT_LOG2 = 24  # 16 MiB: bounds the memory a crafted header can make the reader allocate
+DEFAULT_SEGMENT_LOG2 = 20  # 1 MiB: one tag per MiB, and few enough reads and writes
+MAX_SEGMENTS = 2**32  # the index is 4 bytes in the nonce
+
+Progress = Callable[[int, int], None]
+# cryptography 45+ seals into a caller's buffer: no 1 MiB allocation (and page faults) per segment,
+# which halves the AES-GCM step. Older versions return a new bytes object.
+IN_PLACE = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
+PathLike = str | os.PathLike[str]
+
+
+def segment_nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    if index >= MAX_SEGMENTS:
+        raise ValueError("file too large for one encrypted stream (2**32 segments)")
+    return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def build_header(segment_log2: int, key_id: bytes, salt: bytes, nonce_prefix: bytes) -> bytes:
+    return MAGIC + bytes((VERSION, segment_log2)) + key_id + salt + nonce_prefix
+
+
+def parse_header(header: bytes) -> tuple[int, bytes, bytes, bytes]:
+    """``(segment_log2, key_id, salt, nonce_prefix)``; DecryptionError("invalid data format") if bad."""
+    if len(header) != HEADER_BYTES or header[:4] != MAGIC or header[4] != VERSION:
+        raise invalid_format()
+    segment_log2 = header[5]
+    if not MIN_SEGMENT_LOG2 <= segment_log2 <= MAX_SEGMENT_LOG2:
+        raise invalid_format()
+    key_id = header[6 : 6 + KEY_ID_BYTES]
+    salt_end = 6 + KEY_ID_BYTES + SALT_BYTES
+    return segment_log2, key_id, header[6 + KEY_ID_BYTES : salt_end], header[salt_end:]
+
+
+def _read_full(source: Readable, buffer: bytearray) -> int:
+    """Fill ``buffer`` from ``source``; fewer bytes only at end of file."""
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        n = source.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+@contextmanager
+def atomic_output(dst: PathLike) -> Iterator[BinaryIO]:
+    """A new 0600 file beside ``dst``, renamed over it only if the block finishes; else removed."""
+    target = Path(dst)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:  # buffered: write() never returns short
+            yield out
+        os.replace(tmp_name, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def encrypt_stream(
+    source: Readable,
+    out: Writable,
+    *,
+    key_id: bytes,
+    make_key: Callable[[bytes], AESGCM],
+    segment_log2: int = DEFAULT_SEGMENT_LOG2,
+    total: int = 0,
+    progress: Progress | None = None,
+) -> None:
+    if not MIN_SEGMENT_LOG2 <= segment_log2 <= MAX_SEGMENT_LOG2:
+        raise ValueError(f"segment size must be 2**{MIN_SEGMENT_LOG2} .. 2**{MAX_SEGMENT_LOG2} bytes")
+    salt = os.urandom(SALT_BYTES)
+    prefix = os.urandom(NONCE_PREFIX_BYTES)
+    header = build_header(segment_log2, key_id, salt, prefix)
+    aead = make_key(salt)
+    out.write(header)
+    size = 1 << segment_log2
+    current, following = bytearray(size), bytearray(size)
+    sealed = memoryview(bytearray(size + TAG_BYTES))
+    filled = _read_full(source, current)
+    done = index = 0
+    while True:
+        # A full segment is the last one only if nothing follows it: read ahead to know.
+        ahead = _read_full(source, following) if filled == size else 0
+        last = ahead == 0
+        nonce = segment_nonce(prefix, index, last)
+        if IN_PLACE:
+            aead.encrypt_into(nonce, memoryview(current)[:filled], header, sealed[: filled + TAG_BYTES])
+            out.write(sealed[: filled + TAG_BYTES])
+        else:  # pragma: no cover - cryptography < 45
+            out.write(aead.encrypt(nonce, memoryview(current)[:filled], header))
+        done += filled
+        if progress is not None:
+            progress(done, total)
+        if last:
+            return
+        current, following, filled = following, current, ahead
+        index += 1
+
+
+def decrypt_stream(
+    source: Readable,
+    out: Writable,
+    *,
+    lookup_key: Callable[[bytes, bytes], AESGCM | None],
+    total: int = 0,
+    progress: Progress | None = None,
+) -> None:
+    header = bytearray(HEADER_BYTES)
+    if _read_full(source, header) != HEADER_BYTES:
+        raise invalid_format()
+    header_bytes = bytes(header)
+    segment_log2, key_id, salt, prefix = parse_header(header_bytes)
+    aead = lookup_key(key_id, salt)
+    if aead is None:
+        raise authentication_failed()
+    size = (1 << segment_log2) + TAG_BYTES
+    current, following = bytearray(size), bytearray(size)
+    opened = memoryview(bytearray(size - TAG_BYTES))
+    filled = _read_full(source, current)
+    done = HEADER_BYTES
+    index = 0
+    while True:
+        if filled < TAG_BYTES:  # cut inside a tag, or no segment at all
+            raise authentication_failed()
+        ahead = _read_full(source, following) if filled == size else 0
+        last = ahead == 0
+        plaintext: memoryview | bytes
+        try:
+            nonce = segment_nonce(prefix, index, last)
+            if IN_PLACE:
+                # The buffer may hold unverified bytes if the tag fails; they never leave it.
+                plaintext = opened[: filled - TAG_BYTES]
+                aead.decrypt_into(nonce, memoryview(current)[:filled], header_bytes, plaintext)
+            else:  # pragma: no cover - cryptography < 45
+                plaintext = aead.decrypt(nonce, memoryview(current)[:filled], header_bytes)
+        except (InvalidTag, ValueError):
+            raise authentication_failed() from None
+        out.write(plaintext)  # only authenticated plaintext is ever written
+        done += filled
+        if progress is not None:
+            progress(done, total)
+        if last:
+            return
+        current, following, filled = following, current, ahead
+        index += 1
