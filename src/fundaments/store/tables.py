@@ -104,6 +104,7 @@ sessions = Table(
     Column("privilege_epoch", Integer, nullable=False, server_default="0"),
 )
 Index(f"ix_{PREFIX}sessions_expires_at", sessions.c.expires_at)
+Index(f"ix_{PREFIX}sessions_last_seen", sessions.c.last_seen)  # the purge finds idle sessions
 
 # --- access control (issue: access control) -------------------------------------------------------
 roles = Table(

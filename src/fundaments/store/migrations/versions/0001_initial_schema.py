@@ -155,6 +155,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("fundaments_sessions", schema=None) as batch_op:
         batch_op.create_index("ix_fundaments_sessions_expires_at", ["expires_at"], unique=False)
+        batch_op.create_index("ix_fundaments_sessions_last_seen", ["last_seen"], unique=False)
         batch_op.create_index(batch_op.f("ix_fundaments_sessions_user_id"), ["user_id"], unique=False)
 
     op.create_table(
@@ -188,6 +189,7 @@ def downgrade() -> None:
     op.drop_table("fundaments_user_roles")
     with op.batch_alter_table("fundaments_sessions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_fundaments_sessions_user_id"))
+        batch_op.drop_index("ix_fundaments_sessions_last_seen")
         batch_op.drop_index("ix_fundaments_sessions_expires_at")
 
     op.drop_table("fundaments_sessions")
