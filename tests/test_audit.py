@@ -150,3 +150,12 @@ async def test_four_processes_appending_keep_one_chain_on_postgres(postgres_url:
         assert result.events_checked == 2000
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("text", ["nul\x00byte", "lone\udc80surrogate", "x" * 10_000])
+async def test_unstorable_client_strings_never_break_an_audit_write(fundaments, text: str) -> None:
+    audit: AuditTrail = fundaments["audit"]
+    await audit.record("login.failed", outcome="failure", username=text, user_agent=text, ip_address=text)
+    event = (await audit.events(kind="login.failed"))[0]
+    assert "\x00" not in (event.username or "") and len(event.username or "") <= 254
+    assert await audit.verify_chain()

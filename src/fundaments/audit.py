@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fundaments.clock import Clock
-from fundaments.models import AuditEvent
+from fundaments.models import AuditEvent, storable_text
 from fundaments.store import Database, Executor
 from fundaments.store import audit as queries
 
@@ -36,6 +36,8 @@ EVENT_FIELDS = (
 )
 MAX_USERNAME = 254
 MAX_USER_AGENT = 512
+MAX_IP = 64
+MAX_SESSION_ID = 32
 MAX_DETAILS_CHARS = 4_096
 
 
@@ -46,6 +48,10 @@ def canonical(fields: Mapping[str, Any]) -> str:
 
 def chain_hash(prev_hash: str, canonical_form: str) -> str:
     return hashlib.sha256((prev_hash + canonical_form).encode("ascii")).hexdigest()
+
+
+def _text(value: str | None, limit: int) -> str | None:
+    return None if value is None else storable_text(str(value)[:limit])
 
 
 def _details_json(details: Mapping[str, Any] | None) -> str:
@@ -96,10 +102,10 @@ class AuditTrail:
             "outcome": outcome,
             "actor_user_id": actor_user_id,
             "subject_user_id": subject_user_id,
-            "username": username[:MAX_USERNAME] if username is not None else None,
-            "ip_address": ip_address,
-            "user_agent": user_agent[:MAX_USER_AGENT] if user_agent is not None else None,
-            "session_id": session_id,
+            "username": _text(username, MAX_USERNAME),
+            "ip_address": _text(ip_address, MAX_IP),
+            "user_agent": _text(user_agent, MAX_USER_AGENT),
+            "session_id": _text(session_id, MAX_SESSION_ID),
             "details": _details_json(details),
         }
         if tx is None:

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_IP_LENGTH = 45  # longest textual IPv6 address
 MAX_USER_AGENT_LENGTH = 512
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """``text`` as both databases can store it: NUL and unpaired surrogates become U+FFFD.
+
+    Clients control their User-Agent and the username they type; PostgreSQL refuses NUL in text and
+    neither driver encodes a lone surrogate, so an unclean value would make a revoking write (and its
+    audit event) fail. One for one, so length limits still hold.
+    """
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +80,9 @@ class RequestContext:
             )
         if ctx.device_token is not None and not isinstance(ctx.device_token, str):
             raise ValueError("request_data['device_token'] must be a string or absent")
-        if len(ctx.user_agent) > MAX_USER_AGENT_LENGTH:
-            ctx = cls(ctx.ip_address, ctx.user_agent[:MAX_USER_AGENT_LENGTH], ctx.device_token)
+        ip, agent = storable_text(ctx.ip_address), storable_text(ctx.user_agent[:MAX_USER_AGENT_LENGTH])
+        if ip is not ctx.ip_address or agent is not ctx.user_agent:
+            ctx = cls(ip, agent, ctx.device_token)
         return ctx
 
 

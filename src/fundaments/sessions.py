@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -44,7 +43,6 @@ LOGGED_MISMATCHES_MAX = 10_000  # binding "log" mode: remembered (session, clien
 REVOKE_AUDIT_MAX_IDS = 50
 
 _Request = RequestContext | Mapping[str, Any]
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # The tuple layout of queries.LOOKUP.
 _ID, _USER_ID, _CREATED, _LAST_SEEN, _EXPIRES, _IP, _UA, _EPOCH, _USERNAME, _USER_EPOCH, _DISABLED = range(11)
@@ -55,24 +53,6 @@ def hash_token(token: object) -> bytes | None:
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH or not token.isascii():
         return None
     return hashlib.sha256(token.encode("ascii")).digest()
-
-
-def storable(text: str) -> str:
-    """``text`` as both databases can store it: NUL and unpaired surrogates become U+FFFD.
-
-    A client controls its User-Agent; PostgreSQL refuses NUL in text and neither driver encodes a
-    lone surrogate, so an unclean value would make the revoking write (and its audit) fail.
-    """
-    if text.isascii() and "\x00" not in text:
-        return text
-    return _UNSTORABLE.sub("\ufffd", text)  # one for one: the length limits still hold
-
-
-def _storable_client(ctx: RequestContext) -> RequestContext:
-    ip, agent = storable(ctx.ip_address), storable(ctx.user_agent)
-    if ip is ctx.ip_address and agent is ctx.user_agent:
-        return ctx
-    return RequestContext(ip, agent, ctx.device_token)
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -205,7 +185,7 @@ class SessionManager:
         sessions beyond SESSION_MAX_PER_USER, and audits ``session.created``. Raises
         UnknownUserError if the user row does not exist.
         """
-        context = _storable_client(RequestContext.coerce(ctx))
+        context = RequestContext.coerce(ctx)
         now = self._clock.now()
         user_row = await queries.lock_user(tx, user.id)
         if user_row is None:
@@ -264,7 +244,7 @@ class SessionManager:
         ``rotated_token``; the presented token is dead from then on. Raises ValueError only when
         ``request_data`` lacks or garbles ``ip_address``/``user_agent``.
         """
-        ctx = _storable_client(RequestContext.coerce(request_data))
+        ctx = RequestContext.coerce(request_data)
         token_hash = hash_token(token)
         if token_hash is None:
             return None
