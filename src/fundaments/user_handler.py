@@ -1,15 +1,140 @@
-"""Layer 3 service; being built in its issue."""
+"""Accounts: registration, credential checks and brute-force protection.
+
+A login's credential half runs in a fixed order, each gate cheaper than the next:
+
+1. a place in the hashing pool (else ``BUSY`` at once);
+2. the client IP's failure window (else ``THROTTLED``);
+3. the account's lock — or, when the client presents a valid device cookie for this account, that
+   device's own lock (OWASP "device cookies": failures from elsewhere do not lock out a known
+   device). Passing this gate *claims* one failure in a single conditional UPDATE before the hash
+   is computed, so however many attempts race, at most ``LOCKOUT_THRESHOLD`` are verified;
+4. the hash, on a worker thread; an unknown username is verified against a dummy hash of the
+   current scheme so it costs the same time.
+
+A failure is counted and audited in its own transaction. A success writes nothing here: the
+caller resets the counters, stores an upgraded hash and records the device in its own transaction
+with :meth:`UserHandler.complete_login`, together with the session it creates. See docs/accounts.md.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import ipaddress
+import logging
+import secrets
+import unicodedata
+from dataclasses import dataclass, field
 
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
 from fundaments.config import Settings
-from fundaments.passwords import PasswordService
-from fundaments.store import Database
+from fundaments.errors import (
+    ConstraintViolation,
+    InvalidPasswordHashError,
+    InvalidUsernameError,
+    UnknownUserError,
+    UserExistsError,
+)
+from fundaments.models import LoginFailure, RequestContext, User
+from fundaments.passwords import HashingBusyError, PasswordService
+from fundaments.store import Database, Executor, Row
+from fundaments.store import users as queries
+
+log = logging.getLogger(__name__)
+
+MAX_USERNAME_LENGTH = 254
+# Control, format (zero-width), surrogate, private-use and unassigned characters, line and
+# paragraph separators: invisible or ambiguous, they would make look-alike usernames possible.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+PERMANENT_LOCK_SECONDS = 1e12  # LOCKOUT_MAX_SECONDS=0: ~31,700 years, i.e. until an administrator unlocks
+DEVICE_TOKEN_BYTES = 32
+DEVICE_IDLE_SECONDS = 90 * 86_400  # a device cookie unused this long no longer bypasses a lock
+DEVICES_PER_USER = 20  # kept after a prune
+DEVICE_PRUNE_SLACK = 10  # prune once this many more have piled up: one DELETE per ten new devices
+MAX_DEVICE_TOKEN_LENGTH = 256
+IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
+IP_PRUNE_EVERY = 1_024  # failures between deletions of expired IP windows
+MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
+
+
+def normalize_username(username: str) -> str:
+    """The stored form of a username: NFKC, case-folded, trimmed; InvalidUsernameError if unusable.
+
+    ``Alice@Example.com``, ``alice@example.com`` and ``ａlice@example.com`` (full-width a) all
+    become ``alice@example.com``: one account.
+    """
+    if not isinstance(username, str):
+        raise InvalidUsernameError("username must be a string")
+    if len(username) > 4 * MAX_USERNAME_LENGTH:  # refuse before spending time normalizing it
+        raise InvalidUsernameError(f"username is longer than {MAX_USERNAME_LENGTH} characters")
+    name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold()).strip()
+    if not name:
+        raise InvalidUsernameError("username is empty")
+    if len(name) > MAX_USERNAME_LENGTH:
+        raise InvalidUsernameError(f"username is longer than {MAX_USERNAME_LENGTH} characters")
+    if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in name):
+        raise InvalidUsernameError("username contains control or invisible characters")
+    return name
+
+
+def hash_device_token(token: object) -> bytes | None:
+    """SHA-256 of a device token, or None for anything that cannot be one of ours."""
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_DEVICE_TOKEN_LENGTH or not token.isascii():
+        return None
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+def throttle_key(ip_address: str) -> str:
+    """The IP-throttle bucket of a client: the address itself, or its /64 for IPv6."""
+    try:
+        address = ipaddress.ip_address(ip_address.strip())
+    except ValueError:
+        return ip_address[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_THROTTLE_PREFIX}", strict=False))
+    return str(address)
+
+
+def _printable(text: object) -> str:
+    """An unusable username as the audit can store it: NUL and other invisible characters replaced."""
+    raw = text if isinstance(text, str) else ""
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in raw[:MAX_USERNAME_LENGTH])
+
+
+def _user(row: Row) -> User:
+    return User(
+        id=int(row["id"]),
+        username=row["username"],
+        is_disabled=bool(row["is_disabled"]),
+        must_change_password=bool(row["must_change_password"]),
+        created_at=float(row["created_at"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialCheck:
+    """The outcome of :meth:`UserHandler.authenticate`; truthy only when the password was right."""
+
+    user: User | None
+    reason: LoginFailure | None
+    username: str  # normalized (or as typed, when it cannot be normalized): for the audit
+    upgraded_hash: str | None = field(default=None, repr=False)
+    stored_hash: str | None = field(default=None, repr=False)  # what upgraded_hash replaces
+    device_hash: bytes | None = field(default=None, repr=False)  # the valid device cookie presented
+    device_token: str | None = field(default=None, repr=False)
+    devices: int = 0  # devices the account had: complete_login prunes only when at the limit
+
+    def __bool__(self) -> bool:
+        return self.reason is None and self.user is not None
 
 
 class UserHandler:
+    """Accounts and their brute-force protection, on the injected database, clock and audit trail."""
+
     def __init__(
         self, db: Database, settings: Settings, clock: Clock, audit: AuditTrail, passwords: PasswordService
     ) -> None:
@@ -17,9 +142,386 @@ class UserHandler:
         self._settings = settings
         self._clock = clock
         self._audit = audit
+        self._passwords = passwords
+        self._threshold = settings.lockout_threshold
+        self._lock = self._lock_parameters(settings)
+        self._failures_since_prune = 0
+        self.verification_count = 0  # password verifications this process ran for logins (tests, metrics)
+
+    @staticmethod
+    def _lock_parameters(settings: Settings) -> tuple[float, int, float]:
+        """(base seconds, doublings before the cap, cap seconds) for the claim statement."""
+        base, cap = float(settings.lockout_base_seconds), float(settings.lockout_max_seconds)
+        if cap == 0:
+            return PERMANENT_LOCK_SECONDS, 0, PERMANENT_LOCK_SECONDS
+        doublings = 0
+        while base * 2**doublings < cap and doublings < MAX_DOUBLINGS:
+            doublings += 1
+        return base, doublings, cap
+
+    @property
+    def passwords(self) -> PasswordService:
+        return self._passwords
 
     async def start(self) -> None:
-        """Start background work (none yet)."""
+        """Delete IP-throttle windows that have run out; make the dummy hash for unknown users."""
+        async with self._db.transaction() as tx:
+            await queries.prune_ip_throttle(tx, self._clock.now() - self._settings.throttle_ip_window)
+        await asyncio.to_thread(self._passwords.dummy_hash)
 
     async def close(self) -> None:
-        """Stop background work (none yet)."""
+        """Stop the hashing threads."""
+        self._passwords.close()
+
+    # --- registration and passwords -------------------------------------------------------------
+    normalize_username = staticmethod(normalize_username)
+
+    async def prepare_password(self, password: str, *, username: str) -> str:
+        """The current scheme's hash of a new password, after the policy accepted it.
+
+        Raises PasswordPolicyError listing every rule it breaks, or HashingBusyError (a
+        ServiceUnavailable) when the hashing pool is full. Both run on a hashing thread: the first
+        policy check loads the common-password list.
+        """
+        if not isinstance(password, str):
+            raise TypeError("password must be a string")
+        pool = self._passwords.pool
+        with pool.reserve():
+            return await pool.run(self._check_and_encode, password, username)
+
+    def _check_and_encode(self, password: str, username: str) -> str:
+        self._passwords.check_policy(password, username=username)
+        return self._passwords.encode(password)
+
+    def validate_imported_hash(self, password_hash: str) -> str:
+        """``password_hash`` unchanged if it is a supported format; InvalidPasswordHashError otherwise."""
+        return self._passwords.validate_import(password_hash)
+
+    async def create(
+        self,
+        tx: Executor,
+        username: str,
+        password_hash: str,
+        *,
+        must_change_password: bool = False,
+        actor_user_id: int | None = None,
+    ) -> User:
+        """Insert an account in ``tx``; UserExistsError when its normalized username is taken."""
+        name = normalize_username(username)
+        hasher = self._passwords.identify(password_hash)
+        if hasher is None:
+            raise InvalidPasswordHashError(
+                "password_hash is not a supported hash (prepare_password makes one)"
+            )
+        try:
+            row = await queries.insert_user(tx, name, password_hash, must_change_password, self._clock.now())
+        except ConstraintViolation:
+            raise UserExistsError(f"an account named {name!r} already exists") from None
+        user = _user(row)
+        await self._audit.record(
+            "user.registered",
+            tx=tx,
+            actor_user_id=actor_user_id,
+            subject_user_id=user.id,
+            username=name,
+            details={"hash_algorithm": hasher.algorithm, "must_change_password": must_change_password},
+        )
+        return user
+
+    async def verify_password(self, user_id: int, password: str) -> bool:
+        """Whether ``password`` is the account's current password (off the loop; counts nothing)."""
+        stored = await queries.password_hash(self._db, user_id)
+        if stored is None:
+            raise UnknownUserError(f"no account has id {user_id}")
+        if not isinstance(password, str) or len(password) > self._settings.password_max_length:
+            return False
+        pool = self._passwords.pool
+        with pool.reserve():
+            return await pool.run(self._passwords.verify, password, stored)
+
+    async def set_password(
+        self, tx: Executor, user_id: int, password_hash: str, *, actor_user_id: int | None = None
+    ) -> None:
+        """Store a new hash; bumps the privilege epoch and clears must_change_password."""
+        if self._passwords.identify(password_hash) is None:
+            raise InvalidPasswordHashError(
+                "password_hash is not a supported hash (prepare_password makes one)"
+            )
+        if not await queries.set_password(tx, user_id, password_hash, self._clock.now()):
+            raise UnknownUserError(f"no account has id {user_id}")
+        await self._audit.record(
+            "password.changed", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id
+        )
+
+    async def set_disabled(
+        self, tx: Executor, user_id: int, disabled: bool, *, actor_user_id: int | None = None
+    ) -> None:
+        """Disable or enable an account in ``tx`` (disabling bumps its privilege epoch)."""
+        if not await queries.set_disabled(tx, user_id, bool(disabled), self._clock.now()):
+            raise UnknownUserError(f"no account has id {user_id}")
+        kind = "user.disabled" if disabled else "user.enabled"
+        await self._audit.record(kind, tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id)
+
+    async def enable(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Enable an account in a transaction of its own."""
+        async with self._db.transaction() as tx:
+            await self.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
+
+    async def unlock(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Clear the account's lock, failure count and backoff, and those of its devices."""
+        async with self._db.transaction() as tx:
+            if not await queries.unlock_user(tx, user_id, self._clock.now()):
+                raise UnknownUserError(f"no account has id {user_id}")
+            await self._audit.record(
+                "account.unlocked", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id
+            )
+
+    # --- reading --------------------------------------------------------------------------------
+    async def get(self, user_id: int) -> User | None:
+        row = await queries.user_by_id(self._db, user_id)
+        return None if row is None else _user(row)
+
+    async def get_by_username(self, username: str) -> User | None:
+        try:
+            name = normalize_username(username)
+        except InvalidUsernameError:
+            return None
+        row = await queries.user_by_username(self._db, name)
+        return None if row is None else _user(row)
+
+    async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[User]:
+        limit = max(0, min(int(limit), 1000))
+        rows = await queries.list_users(self._db, limit, max(0, int(offset)))
+        return [_user(row) for row in rows]
+
+    # --- the credential half of a login ---------------------------------------------------------
+    async def authenticate(self, username: str, password: str, ctx: RequestContext) -> CredentialCheck:
+        """Check a username and password behind the IP throttle and the account or device lock.
+
+        Failures are counted and audited here, each in its own transaction; a success is not
+        written: pass the result to :meth:`complete_login` in the caller's transaction.
+        """
+        try:
+            name = normalize_username(username)
+        except InvalidUsernameError:
+            name = None
+        audit_name = name if name is not None else _printable(username)
+        ctx = RequestContext.coerce(ctx)
+        typed: object = password  # untrusted input: a non-string never matches
+        password = typed if isinstance(typed, str) else ""
+        try:
+            with self._passwords.pool.reserve():
+                return await self._authenticate(name, audit_name, password, ctx)
+        except HashingBusyError:
+            await self._record_refusal(LoginFailure.BUSY, audit_name, None, ctx)
+            return CredentialCheck(None, LoginFailure.BUSY, audit_name)
+
+    async def _authenticate(
+        self, name: str | None, audit_name: str, password: str, ctx: RequestContext
+    ) -> CredentialCheck:
+        now = self._clock.now()
+        ip_key = throttle_key(ctx.ip_address)
+        window_open_after = now - self._settings.throttle_ip_window
+        # One read answers both gates: the IP's open failure window and the account ("" is no one's name).
+        row = await queries.login_gate(self._db, name or "", ip_key, window_open_after)
+        if (row["ip_failures"] or 0) >= self._settings.throttle_ip_failures:
+            await self._record_refusal(LoginFailure.THROTTLED, audit_name, None, ctx)
+            return CredentialCheck(None, LoginFailure.THROTTLED, audit_name)
+
+        if row["id"] is None:
+            await self._verify(password, None)
+            await self._record_failure(audit_name, None, ctx, None, device=False)
+            return CredentialCheck(None, LoginFailure.INVALID_CREDENTIALS, audit_name)
+
+        user = _user(row)
+        stored: str = row["password_hash"]
+        device_hash = hash_device_token(ctx.device_token) if ctx.device_token else None
+        if device_hash is not None:
+            found = await queries.device(self._db, device_hash, user.id, now - DEVICE_IDLE_SECONDS)
+            device_hash = None if found is None else device_hash
+
+        verification: asyncio.Future[tuple[bool, str | None]] | None = None
+        try:
+            async with self._db.transaction() as tx:
+                if device_hash is not None:
+                    claim = await queries.claim_device_attempt(
+                        tx, device_hash, now, self._threshold, self._lock
+                    )
+                else:
+                    claim = await queries.claim_user_attempt(tx, user.id, now, self._threshold, self._lock)
+                if claim is not None:
+                    # The claim is ours from here (the row, or SQLite's write lock, is held until
+                    # the commit), so the hash may start while the commit is still on its way.
+                    verification = asyncio.ensure_future(self._verify(password, stored))
+        except BaseException:
+            if verification is not None:
+                verification.cancel()
+            raise
+        if claim is None or verification is None:
+            await self._record_refusal(
+                LoginFailure.LOCKED, audit_name, user.id, ctx, device=device_hash is not None
+            )
+            return CredentialCheck(user, LoginFailure.LOCKED, audit_name)
+
+        matched, upgraded = await verification
+        if not matched:
+            await self._record_failure(audit_name, user.id, ctx, claim, device=device_hash is not None)
+            return CredentialCheck(user, LoginFailure.INVALID_CREDENTIALS, audit_name)
+
+        if user.is_disabled:
+            async with self._db.transaction() as tx:
+                if device_hash is not None:
+                    await queries.release_device_attempt(tx, device_hash)
+                else:
+                    await queries.release_user_attempt(tx, user.id)
+                await self._audit_failure(tx, LoginFailure.DISABLED, audit_name, user.id, ctx)
+            return CredentialCheck(user, LoginFailure.DISABLED, audit_name)
+
+        return CredentialCheck(
+            user,
+            None,
+            audit_name,
+            upgraded_hash=upgraded,
+            stored_hash=stored,
+            device_hash=device_hash,
+            device_token=ctx.device_token if device_hash is not None else None,
+            devices=int(row["devices"]),
+        )
+
+    async def _verify(self, password: str, stored: str | None) -> tuple[bool, str | None]:
+        """Whether the password matches, and its upgraded hash when the stored one is due: one trip
+        to a hashing thread (the caller holds a pool place). ``stored=None`` is an unknown user,
+        verified against the dummy hash of the current scheme."""
+        if len(password) > self._settings.password_max_length:
+            return False, None  # no such password can have been set; do not spend a hash on it
+        pool = self._passwords.pool
+        self.verification_count += 1
+        if stored is None:
+            stored = self._passwords.cached_dummy_hash() or await pool.run(self._passwords.dummy_hash)
+        return await pool.run(self._check_password, password, stored)
+
+    def _check_password(self, password: str, stored: str) -> tuple[bool, str | None]:
+        if not self._passwords.verify(password, stored):
+            return False, None
+        if self._passwords.must_update(stored):
+            return True, self._passwords.encode(password)
+        return True, None
+
+    async def complete_login(self, tx: Executor, check: CredentialCheck, ctx: RequestContext) -> str:
+        """Record a successful check in ``tx``: reset the counters, store an upgraded hash, record
+        the device. Returns the device token for the client to keep (the one presented, or a new one).
+        """
+        if not check or check.user is None:
+            raise ValueError("complete_login needs a successful CredentialCheck")
+        user_id = check.user.id
+        now = self._clock.now()
+        if check.device_hash is None:
+            # A login through a device cookie leaves the account's own counter alone: resetting it
+            # would hand an attacker, who cannot use that cookie, a fresh set of guesses.
+            await queries.reset_user_failures(tx, user_id, now)
+        if (
+            check.upgraded_hash is not None
+            and check.stored_hash is not None
+            and await queries.replace_hash(tx, user_id, check.stored_hash, check.upgraded_hash, now)
+        ):
+            old = self._passwords.identify(check.stored_hash)
+            await self._audit.record(
+                "password.upgraded",
+                tx=tx,
+                subject_user_id=user_id,
+                username=check.username,
+                details={
+                    "from": old.algorithm if old else "unknown",
+                    "to": self._passwords.hasher.algorithm,
+                },
+            )
+        if check.device_hash is not None and check.device_token is not None:
+            await queries.touch_device(tx, check.device_hash, now)
+            return check.device_token
+        token = secrets.token_urlsafe(DEVICE_TOKEN_BYTES)
+        token_hash = hash_device_token(token)
+        assert token_hash is not None
+        await queries.insert_device(tx, token_hash, user_id, now)
+        if check.devices + 1 >= DEVICES_PER_USER + DEVICE_PRUNE_SLACK:
+            await queries.prune_devices(tx, user_id, DEVICES_PER_USER)
+        return token
+
+    # --- failure bookkeeping --------------------------------------------------------------------
+    async def _record_failure(
+        self, username: str, user_id: int | None, ctx: RequestContext, claim: Row | None, *, device: bool
+    ) -> None:
+        """A wrong password: count it against the IP (the account was counted by its claim) and
+        audit it, with the lock or throttle it caused, in one transaction."""
+        now = self._clock.now()
+        ip_key = throttle_key(ctx.ip_address)
+        async with self._db.transaction() as tx:
+            ip_count = await queries.count_ip_failure(tx, ip_key, now, self._settings.throttle_ip_window)
+            await self._audit_failure(
+                tx, LoginFailure.INVALID_CREDENTIALS, username, user_id, ctx, device=device
+            )
+            if claim is not None and int(claim["failed_attempts"]) == self._threshold:
+                await self._audit.record(
+                    "account.locked",
+                    outcome="failure",
+                    tx=tx,
+                    subject_user_id=user_id,
+                    username=username,
+                    ip_address=ctx.ip_address,
+                    user_agent=ctx.user_agent,
+                    details={
+                        "scope": "device" if device else "account",
+                        "locked_until": float(claim["locked_until"]),
+                        "lock_count": int(claim["lock_count"]),
+                        "permanent": self._lock[0] == PERMANENT_LOCK_SECONDS,
+                    },
+                )
+            if ip_count == self._settings.throttle_ip_failures:
+                await self._audit.record(
+                    "ip.throttled",
+                    outcome="failure",
+                    tx=tx,
+                    ip_address=ctx.ip_address,
+                    details={
+                        "key": ip_key,
+                        "failures": ip_count,
+                        "window": self._settings.throttle_ip_window,
+                    },
+                )
+            self._failures_since_prune += 1
+            if self._failures_since_prune >= IP_PRUNE_EVERY:
+                self._failures_since_prune = 0
+                await queries.prune_ip_throttle(tx, now - self._settings.throttle_ip_window)
+
+    async def _record_refusal(
+        self,
+        reason: LoginFailure,
+        username: str,
+        user_id: int | None,
+        ctx: RequestContext,
+        *,
+        device: bool = False,
+    ) -> None:
+        """An attempt refused before any hash (locked, throttled, busy): audited, not counted."""
+        async with self._db.transaction() as tx:
+            await self._audit_failure(tx, reason, username, user_id, ctx, device=device)
+
+    async def _audit_failure(
+        self,
+        tx: Executor,
+        reason: LoginFailure,
+        username: str,
+        user_id: int | None,
+        ctx: RequestContext,
+        *,
+        device: bool = False,
+    ) -> None:
+        await self._audit.record(
+            "login.failed",
+            outcome="failure",
+            tx=tx,
+            subject_user_id=user_id,
+            username=username,
+            ip_address=ctx.ip_address,
+            user_agent=ctx.user_agent,
+            details={"reason": reason.value, "device": device},
+        )

@@ -1,0 +1,264 @@
+"""Account queries: users, device cookies and the per-IP throttle.
+
+Brute-force counters change with single conditional statements (``UPDATE … RETURNING``), never
+read-modify-write, so that concurrent attempts from any number of processes cannot all slip past
+the limit: an attempt must *claim* a place below the threshold before its password is verified.
+"""
+
+from __future__ import annotations
+
+from fundaments.store.base import Executor, Row
+
+# --- users ---------------------------------------------------------------------------------------
+
+
+async def insert_user(
+    tx: Executor, username: str, password_hash: str, must_change_password: bool, now: float
+) -> Row:
+    row = await tx.fetchrow(
+        "INSERT INTO fundaments_users (username, password_hash, is_disabled, must_change_password, "
+        "failed_attempts, lock_count, privilege_epoch, created_at, updated_at, password_changed_at) "
+        "VALUES ($1, $2, FALSE, $3, 0, 0, 0, $4, $4, $4) "
+        "RETURNING id, username, is_disabled, must_change_password, created_at",
+        username,
+        password_hash,
+        must_change_password,
+        now,
+    )
+    assert row is not None
+    return row
+
+
+async def user_by_id(db: Executor, user_id: int) -> Row | None:
+    return await db.fetchrow(
+        "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
+        "WHERE id = $1",
+        user_id,
+    )
+
+
+async def user_by_username(db: Executor, username: str) -> Row | None:
+    return await db.fetchrow(
+        "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
+        "WHERE username = $1",
+        username,
+    )
+
+
+async def list_users(db: Executor, limit: int, offset: int) -> list[Row]:
+    return await db.fetch(
+        "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
+        "ORDER BY id LIMIT $1 OFFSET $2",
+        limit,
+        offset,
+    )
+
+
+async def login_gate(db: Executor, username: str, ip_key: str, window_open_after: float) -> Row:
+    """In one read: the client IP's failures in its open window (``ip_failures``, NULL for none) and
+    the account a login names (``id`` NULL when there is none)."""
+    row = await db.fetchrow(
+        "SELECT t.failures AS ip_failures, u.id, u.username, u.is_disabled, u.must_change_password, "
+        "u.created_at, u.password_hash, "
+        "(SELECT COUNT(*) FROM fundaments_devices d WHERE d.user_id = u.id) AS devices "
+        "FROM (SELECT 1 AS one) AS g "
+        "LEFT JOIN fundaments_users u ON u.username = $1 "
+        "LEFT JOIN fundaments_ip_throttle t ON t.ip_address = $2 AND t.window_start > $3::float8",
+        username,
+        ip_key,
+        window_open_after,
+    )
+    assert row is not None
+    return row
+
+
+async def password_hash(db: Executor, user_id: int) -> str | None:
+    value = await db.fetchval("SELECT password_hash FROM fundaments_users WHERE id = $1", user_id)
+    return None if value is None else str(value)
+
+
+def _claim_sql(table: str, key: str) -> str:
+    # F = failures so far, restarting at 0 once an earlier lock has run out. The attempt that brings
+    # F to the threshold sets the lock *now*, before its password is checked, so every concurrent
+    # attempt after it is refused without a verification; a success then clears it.
+    effective = (
+        "(CASE WHEN locked_until IS NOT NULL AND locked_until <= $2::float8 THEN 0 ELSE failed_attempts END)"
+    )
+    duration = (
+        "(CASE WHEN lock_count >= $5::int THEN $6::float8 ELSE $4::float8 * (1::bigint << lock_count) END)"
+    )
+    return (
+        f"UPDATE {table} SET "  # noqa: S608 - table and key are constants of this module
+        f"failed_attempts = {effective} + 1, "
+        f"locked_until = CASE WHEN {effective} + 1 >= $3::int THEN $2::float8 + {duration} ELSE NULL END, "
+        f"lock_count = CASE WHEN {effective} + 1 >= $3::int THEN lock_count + 1 ELSE lock_count END "
+        f"WHERE {key} = $1 AND (locked_until IS NULL OR locked_until <= $2::float8) "
+        "RETURNING failed_attempts, locked_until, lock_count"
+    )
+
+
+_CLAIM_USER = _claim_sql("fundaments_users", "id")
+_CLAIM_DEVICE = _claim_sql("fundaments_devices", "token_hash")
+
+
+async def claim_user_attempt(
+    tx: Executor, user_id: int, now: float, threshold: int, lock: tuple[float, int, float]
+) -> Row | None:
+    """Count one attempt on the account before verifying it; None when the account is locked.
+
+    ``lock`` is (base seconds, doublings before the cap, cap seconds).
+    """
+    return await tx.fetchrow(_CLAIM_USER, user_id, now, threshold, *lock)
+
+
+async def claim_device_attempt(
+    tx: Executor, token_hash: bytes, now: float, threshold: int, lock: tuple[float, int, float]
+) -> Row | None:
+    """The same on one device cookie's own counters."""
+    return await tx.fetchrow(_CLAIM_DEVICE, token_hash, now, threshold, *lock)
+
+
+async def release_user_attempt(tx: Executor, user_id: int) -> None:
+    """Undo a claim that was not a wrong password (a disabled account, a full hashing pool)."""
+    await tx.execute(
+        "UPDATE fundaments_users SET failed_attempts = failed_attempts - 1 "
+        "WHERE id = $1 AND failed_attempts > 0",
+        user_id,
+    )
+
+
+async def release_device_attempt(tx: Executor, token_hash: bytes) -> None:
+    await tx.execute(
+        "UPDATE fundaments_devices SET failed_attempts = failed_attempts - 1 "
+        "WHERE token_hash = $1 AND failed_attempts > 0",
+        token_hash,
+    )
+
+
+async def reset_user_failures(tx: Executor, user_id: int, now: float) -> None:
+    await tx.execute(
+        "UPDATE fundaments_users SET failed_attempts = 0, lock_count = 0, locked_until = NULL, "
+        "updated_at = $2 WHERE id = $1",
+        user_id,
+        now,
+    )
+
+
+async def replace_hash(tx: Executor, user_id: int, old_hash: str, new_hash: str, now: float) -> bool:
+    """Store an upgraded hash unless the password changed meanwhile."""
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET password_hash = $3, updated_at = $4 "
+        "WHERE id = $1 AND password_hash = $2",
+        user_id,
+        old_hash,
+        new_hash,
+        now,
+    )
+    return changed > 0
+
+
+async def unlock_user(tx: Executor, user_id: int, now: float) -> bool:
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET failed_attempts = 0, lock_count = 0, locked_until = NULL, "
+        "updated_at = $2 WHERE id = $1",
+        user_id,
+        now,
+    )
+    await tx.execute(
+        "UPDATE fundaments_devices SET failed_attempts = 0, lock_count = 0, locked_until = NULL "
+        "WHERE user_id = $1",
+        user_id,
+    )
+    return changed > 0
+
+
+async def set_password(tx: Executor, user_id: int, password_hash: str, now: float) -> bool:
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET password_hash = $2, password_changed_at = $3, updated_at = $3, "
+        "must_change_password = FALSE, privilege_epoch = privilege_epoch + 1 WHERE id = $1",
+        user_id,
+        password_hash,
+        now,
+    )
+    return changed > 0
+
+
+async def set_disabled(tx: Executor, user_id: int, disabled: bool, now: float) -> bool:
+    # Disabling is a privilege change: bump the epoch so sessions issued before it stop counting.
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET is_disabled = $2, updated_at = $3, "
+        "privilege_epoch = privilege_epoch + (CASE WHEN $2 THEN 1 ELSE 0 END) WHERE id = $1",
+        user_id,
+        disabled,
+        now,
+    )
+    return changed > 0
+
+
+# --- device cookies ------------------------------------------------------------------------------
+
+
+async def device(db: Executor, token_hash: bytes, user_id: int, not_before: float) -> Row | None:
+    """A device cookie of this account used since ``not_before``."""
+    return await db.fetchrow(
+        "SELECT token_hash, locked_until FROM fundaments_devices "
+        "WHERE token_hash = $1 AND user_id = $2 AND last_used_at >= $3",
+        token_hash,
+        user_id,
+        not_before,
+    )
+
+
+async def touch_device(tx: Executor, token_hash: bytes, now: float) -> None:
+    await tx.execute(
+        "UPDATE fundaments_devices SET failed_attempts = 0, lock_count = 0, locked_until = NULL, "
+        "last_used_at = $2 WHERE token_hash = $1",
+        token_hash,
+        now,
+    )
+
+
+async def insert_device(tx: Executor, token_hash: bytes, user_id: int, now: float) -> None:
+    await tx.execute(
+        "INSERT INTO fundaments_devices (token_hash, user_id, failed_attempts, lock_count, created_at, "
+        "last_used_at) VALUES ($1, $2, 0, 0, $3, $3)",
+        token_hash,
+        user_id,
+        now,
+    )
+
+
+async def prune_devices(tx: Executor, user_id: int, keep: int) -> None:
+    """Keep the newest ``keep`` devices of an account: logins without a cookie must not grow the table."""
+    await tx.execute(
+        "DELETE FROM fundaments_devices WHERE user_id = $1 AND token_hash NOT IN ("
+        "SELECT token_hash FROM fundaments_devices WHERE user_id = $1 "
+        "ORDER BY last_used_at DESC, created_at DESC LIMIT $2)",
+        user_id,
+        keep,
+    )
+
+
+# --- the per-IP throttle -------------------------------------------------------------------------
+
+
+async def count_ip_failure(tx: Executor, ip_address: str, now: float, window: float) -> int:
+    """Add one failure to this IP's window (a new window once the old one ran out); the new count."""
+    value = await tx.fetchval(
+        "INSERT INTO fundaments_ip_throttle AS t (ip_address, window_start, failures) VALUES ($1, $2, 1) "
+        "ON CONFLICT (ip_address) DO UPDATE SET "
+        "failures = CASE WHEN t.window_start + $3::float8 <= $2::float8 THEN 1 ELSE t.failures + 1 END, "
+        "window_start = CASE WHEN t.window_start + $3::float8 <= $2::float8 THEN $2::float8 "
+        "ELSE t.window_start END "
+        "RETURNING failures",
+        ip_address,
+        now,
+        window,
+    )
+    return int(value)
+
+
+async def prune_ip_throttle(tx: Executor, window_start_before: float) -> int:
+    return await tx.execute(
+        "DELETE FROM fundaments_ip_throttle WHERE window_start <= $1", window_start_before
+    )

@@ -1,0 +1,58 @@
+"""No user enumeration by timing: an unknown username costs one dummy verification with the
+current hasher, so it takes as long as a known username with a wrong password.
+
+This test uses the real Argon2id parameters (OWASP: m=19 MiB, t=2, p=1); medians over 30 attempts
+each, interleaved so that machine noise falls on both sides alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+
+from fundaments import initialize_fundaments
+from fundaments.clock import ManualClock
+from fundaments.config import Settings
+from fundaments.models import LoginFailure, RequestContext
+
+PASSWORD = "correct horse battery staple"
+ROUNDS = 30
+REAL_HASHING = {"argon2_memory_cost": 19 * 1024, "argon2_time_cost": 2, "argon2_parallelism": 1}
+
+
+@pytest.mark.slow
+async def test_unknown_and_known_usernames_take_the_same_time(
+    make_settings: Callable[..., Settings], clock: ManualClock
+) -> None:
+    settings = make_settings(**REAL_HASHING, lockout_threshold=1000, throttle_ip_failures=1_000_000)
+    app = await initialize_fundaments(settings, clock=clock, configure_logs=False)
+    try:
+        uh = app["user_handler"]
+        encoded = await uh.prepare_password(PASSWORD, username="known@example.com")
+        async with app["db"].transaction() as tx:
+            await uh.create(tx, "known@example.com", encoded)
+        ctx = RequestContext("203.0.113.9", "timing")
+
+        async def timed(username: str) -> float:
+            start = time.perf_counter()
+            check = await uh.authenticate(username, "a wrong password of some length", ctx)
+            elapsed = time.perf_counter() - start
+            assert check.reason is LoginFailure.INVALID_CREDENTIALS
+            return elapsed
+
+        for _ in range(3):  # warm caches on both paths
+            await timed("known@example.com")
+            await timed("unknown@example.com")
+        known, unknown = [], []
+        for i in range(ROUNDS):
+            known.append(await timed("known@example.com"))
+            unknown.append(await timed(f"unknown{i}@example.com"))
+        median_known, median_unknown = statistics.median(known), statistics.median(unknown)
+        assert abs(median_known - median_unknown) <= 0.10 * max(median_known, median_unknown), (
+            f"known {median_known * 1000:.1f} ms vs unknown {median_unknown * 1000:.1f} ms"
+        )
+    finally:
+        await app.close()
