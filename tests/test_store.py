@@ -205,3 +205,29 @@ def test_sqlite_translation() -> None:
     assert to_sqlite(sql) == "SELECT a FROM t WHERE b = ?1 AND c = ?12"
     sql = "SELECT a FROM t WHERE ($1::bigint IS NULL OR a = $1) AND d > $2::double precision"
     assert to_sqlite(sql) == "SELECT a FROM t WHERE (?1 IS NULL OR a = ?1) AND d > ?2"
+
+
+async def test_before_commit_hooks_run_last_in_order_and_never_on_rollback(database_url: str) -> None:
+    db = await open_database(parse_database_url(database_url))
+    ran: list[str] = []
+    try:
+        async with db.transaction() as tx:
+
+            async def hook(name: str = "first") -> None:
+                ran.append(name)
+                await tx.execute("INSERT INTO fundaments_state (key, value) VALUES ($1, 1)", name)
+
+            tx.before_commit(hook)
+            tx.before_commit(lambda: hook("second"))
+            await tx.execute("INSERT INTO fundaments_state (key, value) VALUES ('body', 1)")
+            assert ran == []
+        assert ran == ["first", "second"]
+        assert await db.fetchval("SELECT count(*) FROM fundaments_state") == 3
+
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as tx:
+                tx.before_commit(lambda: hook("never"))
+                raise RuntimeError("rolled back")
+        assert ran == ["first", "second"]
+    finally:
+        await db.close()

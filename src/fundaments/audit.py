@@ -17,7 +17,7 @@ from typing import Any
 
 from fundaments.clock import Clock
 from fundaments.models import AuditEvent, storable_text
-from fundaments.store import Database, Executor
+from fundaments.store import Database, Executor, Transaction
 from fundaments.store import audit as queries
 
 audit_log = logging.getLogger("fundaments.audit")
@@ -94,8 +94,9 @@ class AuditTrail:
         user_agent: str | None = None,
         session_id: str | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Append one event (inside ``tx`` when given, else in a transaction of its own); its id."""
+    ) -> int | None:
+        """Append one event: in a transaction of its own (its id is returned), or as part of ``tx``,
+        written when ``tx`` commits and not at all when it rolls back (then None is returned)."""
         fields: dict[str, Any] = {
             "occurred_at": self._clock.now(),
             "kind": kind,
@@ -111,7 +112,15 @@ class AuditTrail:
         if tx is None:
             async with self._db.transaction() as own_tx:
                 return await self._append(own_tx, fields)
+        if isinstance(tx, Transaction):
+            # Appended just before the caller's transaction commits: the chain lock is then always
+            # the last lock taken, and is held only for the commit.
+            tx.before_commit(lambda: self._append_at_commit(tx, fields))
+            return None
         return await self._append(tx, fields)
+
+    async def _append_at_commit(self, tx: Executor, fields: dict[str, Any]) -> None:
+        await self._append(tx, fields)
 
     async def _append(self, tx: Executor, fields: dict[str, Any]) -> int:
         await queries.lock_chain(tx, self._db.dialect)

@@ -6,19 +6,23 @@ regenerated, bound and audited) is written once, in one place. The services belo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from typing import Any
 
 from fundaments.access_control import AccessControl
-from fundaments.audit import AuditTrail
+from fundaments.audit import AuditTrail, ChainVerification
 from fundaments.config import Settings
-from fundaments.encryption import EncryptionService
-from fundaments.errors import ServiceUnavailable
+from fundaments.encryption import EncryptionService, FilePath, Progress, Token
+from fundaments.errors import AuthenticationError, ServiceUnavailable, UnknownUserError
+from fundaments.models import AuditEvent, LoginResult, RequestContext, Role, Session, User
 from fundaments.sessions import SessionManager
-from fundaments.store import Database
+from fundaments.store import Database, Transaction
 from fundaments.user_handler import UserHandler
 
 CORE_SERVICES = ("user_handler", "sessions", "access_control")
+MAX_AUDIT_PAGE = 10_000
 
 ENCRYPTION_UNAVAILABLE = (
     "encryption is not configured: set MASTER_ENCRYPTION_KEY (at least 32 characters) and "
@@ -52,10 +56,365 @@ class Security:
 
     # --- encryption ---------------------------------------------------------------------------
 
+    def encrypt_data(self, data: str | bytes, *, context: str | None = None) -> str:
+        """A self-describing envelope (URL-safe ASCII, fits a TEXT column) holding ``data``.
+
+        ``context`` (for example ``"user:42:api_key"``) is authenticated but not stored: the same
+        context must be given to decrypt, so a value copied to another row or purpose fails.
+        """
+        # `or`: the attribute on the hot path, the helper (which raises) only when it is None.
+        return (self._encryption or self._require_encryption()).encrypt(data, context=context)
+
+    def decrypt_data(self, token: Token, *, context: str | None = None) -> str:
+        """The text in an envelope (or a PyFundaments ``{data, nonce, tag}`` record).
+
+        Raises DecryptionError (a ValueError) for anything that does not parse, was made under an
+        unknown key or another context, or was changed.
+        """
+        return (self._encryption or self._require_encryption()).decrypt_text(token, context=context)
+
+    def decrypt_bytes(self, token: Token, *, context: str | None = None) -> bytes:
+        """Like decrypt_data, for binary data."""
+        return self._require_encryption().decrypt(token, context=context)
+
+    def reencrypt(self, token: Token, *, context: str | None = None) -> str:
+        """The same data in a new envelope under the current key; the plaintext is never returned.
+
+        Use it after a key rotation, or to turn a PyFundaments record into an envelope (then
+        ``context`` is the context the new envelope is bound to; the old record had none).
+        """
+        return self._require_encryption().reencrypt(token, context=context)
+
+    async def encrypt_file(self, src: FilePath, dst: FilePath, *, progress: Progress | None = None) -> None:
+        """Encrypt the file ``src`` into ``dst`` in a worker thread, in constant memory.
+
+        ``progress(done, total)`` (bytes of ``src``) runs on the event loop after each segment; an
+        exception it raises stops the job. ``dst`` appears, mode 0600, only once complete; on an
+        error, or a cancellation before the last segment, no ``dst`` is written.
+        """
+        await self._run_file_job(self._require_encryption().encrypt_file, src, dst, progress)
+
+    async def decrypt_file(self, src: FilePath, dst: FilePath, *, progress: Progress | None = None) -> None:
+        """Decrypt ``src`` into ``dst``; ``dst`` appears only after the last segment authenticated.
+
+        Raises DecryptionError on a wrong key, a changed, cut, reordered or extended file; then
+        no ``dst`` was written and no unauthenticated plaintext ever reached the disk.
+        """
+        from fundaments.errors import DecryptionError
+
+        try:
+            await self._run_file_job(self._require_encryption().decrypt_file, src, dst, progress)
+        except DecryptionError as exc:
+            if self._audit is not None:
+                await self._audit.record(
+                    "decrypt.failed",
+                    outcome="failure",
+                    details={"operation": "decrypt_file", "error": str(exc)},
+                )
+            raise
+
+    @staticmethod
+    async def _run_file_job(job: Any, src: FilePath, dst: FilePath, progress: Progress | None) -> None:
+        import asyncio
+        import concurrent.futures
+        import threading
+
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+
+        def on_loop(done: int, total: int, delivered: concurrent.futures.Future[None]) -> None:
+            try:
+                assert progress is not None
+                progress(done, total)
+                delivered.set_result(None)
+            except BaseException as exc:  # a failing callback stops the job, in the caller's task
+                delivered.set_exception(exc)
+
+        def report(done: int, total: int) -> None:  # runs in the worker thread, once per segment
+            if progress is not None:
+                # Wait until the callback has run on the loop: progress arrives in segment order,
+                # and a cancellation it triggers is seen before the next segment.
+                delivered: concurrent.futures.Future[None] = concurrent.futures.Future()
+                loop.call_soon_threadsafe(on_loop, done, total, delivered)
+                delivered.result()
+            if cancelled.is_set():
+                raise asyncio.CancelledError  # stops the worker; the partial output is removed
+
+        worker = asyncio.ensure_future(asyncio.to_thread(job, src, dst, progress=report))
+        try:
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            cancelled.set()
+            # Wait for the worker to stop at its next segment and remove its partial output, so
+            # that when the cancellation reaches the caller no file is still being written.
+            while not worker.done():  # within one segment; a repeated cancel must not cut it short
+                try:
+                    await asyncio.wait([worker])
+                except asyncio.CancelledError:
+                    continue
+            raise
+
     # --- accounts ------------------------------------------------------------------------------
+    async def get_user(self, user_id: int) -> User | None:
+        """The account with this id, or None."""
+        return await self._users.get(user_id)
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        """The account with this username (compared in normalized form), or None."""
+        return await self._users.get_by_username(username)
+
+    async def list_users(self, *, limit: int = 100, offset: int = 0) -> list[User]:
+        """Accounts in id order, ``limit`` (at most 1,000) from ``offset``."""
+        return await self._users.list(limit, offset)
+
+    async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Clear the account's lock, failure count and backoff (audited ``account.unlocked``)."""
+        await self._users.unlock(user_id, actor_user_id=actor_user_id)
+
+    async def register_user(
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        password_hash: str | None = None,
+        roles: Iterable[str] = (),
+        must_change_password: bool = False,
+        actor_user_id: int | None = None,
+    ) -> User:
+        """Create an account, with its initial roles, in one transaction.
+
+        Give either ``password`` (checked against the password policy, hashed off the event loop)
+        or ``password_hash`` (an existing PyFundaments/passlib, Django or Argon2 hash, imported as
+        is and upgraded at the first login). Raises PasswordPolicyError, InvalidUsernameError,
+        InvalidPasswordHashError, UserExistsError (also for a username that only differs in case
+        or Unicode form) or RoleError; nothing is written then.
+        """
+        if (password is None) == (password_hash is None):
+            raise ValueError("register_user needs exactly one of password or password_hash")
+        role_names = [roles] if isinstance(roles, str) else list(roles)
+        if password is not None:
+            encoded = await self._users.prepare_password(password, username=username)
+        else:
+            assert password_hash is not None
+            encoded = self._users.validate_imported_hash(password_hash)
+        async with self._transaction() as tx:
+            user = await self._users.create(
+                tx, username, encoded, must_change_password=must_change_password, actor_user_id=actor_user_id
+            )
+            for role in role_names:
+                await self._access.grant_role(user.id, role, actor_user_id=actor_user_id, tx=tx)
+        return replace(user, roles=tuple(sorted(set(role_names))))
+
+    async def user_login(
+        self, username: str, password: str, request_data: RequestContext | Mapping[str, Any]
+    ) -> LoginResult:
+        """Log in: IP throttle → account lock → password check (off the loop) → hash upgrade →
+        a new session (never one from before: fixation) bound to this client → audit.
+
+        Truthy on success, with ``session.token`` (for the cookie) and ``device_token`` (the OWASP
+        device cookie: present it as ``request_data["device_token"]`` next time, so a lock caused
+        by someone else's guesses does not lock this device out). On failure ``reason`` says why
+        (LOCKED, THROTTLED, INVALID_CREDENTIALS, DISABLED, BUSY): for the application and the
+        audit trail; show the user one generic message. Raises ValueError for malformed
+        ``request_data``.
+        """
+        ctx = RequestContext.coerce(request_data)
+        check = await self._users.authenticate(username, password, ctx)  # throttle, lock, verify
+        if not check:
+            return LoginResult(reason=check.reason)
+        assert check.user is not None
+        async with self._transaction() as tx:  # everything a success changes, or nothing
+            device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
+            session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
+            await self._require_audit().record(
+                "login.succeeded",
+                tx=tx,
+                actor_user_id=check.user.id,
+                subject_user_id=check.user.id,
+                username=check.username,
+                ip_address=ctx.ip_address,
+                user_agent=ctx.user_agent,
+                session_id=session.id,
+                details={"hash_upgraded": check.upgraded_hash is not None},
+            )
+        return LoginResult(user=check.user, session=session, device_token=device_token)
+
+    async def change_password(
+        self, user_id: int, old_password: str, new_password: str, current_token: str | None = None
+    ) -> Session | None:
+        """Change a password after checking the current one; every other session of the user ends.
+
+        With ``current_token`` (the session making the change) that session survives with a new
+        token, returned here: set it as the cookie. Raises AuthenticationError for a wrong current
+        password, PasswordPolicyError for a new one that breaks the policy, UnknownUserError.
+        """
+        user = await self._users.get(user_id)
+        if user is None:
+            raise UnknownUserError(f"no account has id {user_id}")
+        if not await self._users.verify_password(user_id, old_password):
+            await self._require_audit().record(
+                "password.change_failed", outcome="failure", actor_user_id=user_id, subject_user_id=user_id
+            )
+            raise AuthenticationError("the current password is not correct")
+        encoded = await self._users.prepare_password(new_password, username=user.username)
+        current = await self._sessions.find(current_token) if current_token else None
+        if current is not None and current.user_id != user_id:
+            current = None  # a token of someone else never survives this user's password change
+        async with self._transaction() as tx:
+            await self._users.set_password(tx, user_id, encoded, actor_user_id=user_id)
+            await self._sessions.revoke_all(
+                user_id, tx=tx, except_session_id=current.id if current else None, reason="password_changed"
+            )
+            rotated = await self._sessions.rotate(tx, current.id) if current else None
+        self._sessions.invalidate_cache()
+        return rotated
+
+    async def disable_user(self, user_id: int, *, actor_user_id: int | None = None) -> int:
+        """Disable an account: it cannot log in, every session ends at once and its permission
+        checks answer False everywhere within a second. Returns how many sessions ended."""
+        async with self._transaction() as tx:
+            await self._access.invalidate_user(tx, user_id)  # first: the RBAC lock, then the user row
+            await self._users.set_disabled(tx, user_id, True, actor_user_id=actor_user_id)
+            ended = await self._sessions.revoke_all(user_id, tx=tx, reason="user_disabled")
+        self._sessions.invalidate_cache()
+        return ended
+
+    async def enable_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Re-enable a disabled account (audited ``user.enabled``); it logs in afresh."""
+        async with self._transaction() as tx:
+            await self._access.invalidate_user(tx, user_id)
+            await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
 
     # --- sessions ------------------------------------------------------------------------------
+    async def validate_session(
+        self, token: str, request_data: RequestContext | Mapping[str, Any]
+    ) -> Session | None:
+        """The live session for ``token`` from this client, or None (unknown, expired, revoked, or
+        a binding mismatch, which also revokes it). After a privilege change the session comes back
+        with a new token in ``rotated_token``: set it as the new cookie; the old one is dead.
+
+        Never raises for any token; raises ValueError when ``request_data`` lacks ``ip_address``
+        or ``user_agent``.
+        """
+        return await self._sessions.validate(token, request_data)
+
+    async def user_logout(self, token: str) -> bool:
+        """End the session of ``token``; False if it was not a live session."""
+        return await self._sessions.revoke(token)
+
+    async def logout_all(self, user_id: int) -> int:
+        """End every session of the user; how many ended."""
+        return await self._sessions.revoke_all(user_id, reason="logout_all")
+
+    async def list_sessions(self, user_id: int) -> list[Session]:
+        """The user's live sessions, newest first; each has a public ``id`` and no token."""
+        return await self._sessions.list_for_user(user_id)
+
+    async def revoke_session(self, user_id: int, session_id: str) -> bool:
+        """End one of the user's sessions by its public id; False if the user has no such session."""
+        return await self._sessions.revoke_by_id(user_id, session_id)
 
     # --- access control ------------------------------------------------------------------------
+    async def check_permission(self, user_id: Any, permission: Any) -> bool:
+        """True when the user holds ``permission`` (directly, by inheritance or by wildcard).
+
+        False — never an exception — for an unknown or disabled user, an unknown or malformed
+        permission, or arguments of the wrong type. A warm check is an in-memory set lookup.
+        """
+        return await self._access.check_permission(user_id, permission)
+
+    async def require_permission(
+        self,
+        user_id: Any,
+        permission: Any,
+        *,
+        request_data: RequestContext | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Return when the user holds ``permission``; else audit ``permission.denied`` (with the
+        client IP and User-Agent from ``request_data`` when given) and raise PermissionDenied."""
+        await self._access.require_permission(user_id, permission, request_data=request_data)
+
+    async def create_role(
+        self,
+        name: str,
+        permissions: Iterable[str] = (),
+        inherits: Iterable[str] = (),
+        description: str | None = None,
+        *,
+        actor_user_id: int | None = None,
+    ) -> Role:
+        """Create a role; RoleError for a bad or taken name, a bad permission or an unknown parent."""
+        return await self._access.create_role(
+            name, permissions, inherits, description, actor_user_id=actor_user_id
+        )
+
+    async def delete_role(self, name: str, *, actor_user_id: int | None = None) -> None:
+        """Delete a role: revoked from its holders, removed from roles inheriting it."""
+        await self._access.delete_role(name, actor_user_id=actor_user_id)
+
+    async def set_role_permissions(
+        self, name: str, permissions: Iterable[str], *, actor_user_id: int | None = None
+    ) -> None:
+        """Replace a role's own permissions."""
+        await self._access.set_role_permissions(name, permissions, actor_user_id=actor_user_id)
+
+    async def set_role_inherits(
+        self, name: str, inherits: Iterable[str], *, actor_user_id: int | None = None
+    ) -> None:
+        """Replace the roles a role inherits; RoleError naming the cycle if one would form."""
+        await self._access.set_role_inherits(name, inherits, actor_user_id=actor_user_id)
+
+    async def grant_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
+        """Grant a role (audited; the user's sessions rotate at their next request); False if the
+        user already held it."""
+        changed = await self._access.grant_role(user_id, role, actor_user_id=actor_user_id)
+        self._sessions.invalidate_cache()  # rotation at once on this instance, within 1 s elsewhere
+        return changed
+
+    async def revoke_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
+        """Revoke a role (audited; sessions rotate); False if the user did not hold it."""
+        changed = await self._access.revoke_role(user_id, role, actor_user_id=actor_user_id)
+        self._sessions.invalidate_cache()
+        return changed
+
+    async def user_roles(self, user_id: int) -> list[str]:
+        """The roles granted to the user directly, sorted; UnknownUserError for an unknown id."""
+        return await self._access.user_roles(user_id)
+
+    async def user_permissions(self, user_id: int) -> frozenset[str]:
+        """The user's effective permissions (wildcards as granted); empty while disabled."""
+        return await self._access.user_permissions(user_id)
+
+    async def list_roles(self) -> list[Role]:
+        """Every role with its own permissions and parents, sorted by name."""
+        return await self._access.list_roles()
 
     # --- audit ---------------------------------------------------------------------------------
+    async def audit_events(
+        self,
+        *,
+        user_id: int | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Audit events, newest first: about or by ``user_id``, of ``kind``, at or after ``since``."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_AUDIT_PAGE:
+            raise ValueError(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
+        return await self._require_audit().events(user_id=user_id, kind=kind, since=since, limit=limit)
+
+    async def verify_audit_chain(self) -> ChainVerification:
+        """Truthy when every audit event still matches the hash chain; else names the first broken one."""
+        return await self._require_audit().verify_chain()
+
+    def _transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        if self._db is None:
+            raise ServiceUnavailable("no database: build Security with initialize_fundaments()")
+        return self._db.transaction()
+
+    def _require_audit(self) -> AuditTrail:
+        if self._audit is None:
+            raise ServiceUnavailable(
+                "the audit trail is not running: build Security with initialize_fundaments()"
+            )
+        return self._audit

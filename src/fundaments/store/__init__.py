@@ -12,7 +12,7 @@ import asyncpg
 
 from fundaments.config import DatabaseURL, Settings
 from fundaments.errors import StorageError
-from fundaments.store.base import Database, Dialect, Executor, Row
+from fundaments.store.base import Database, Dialect, Executor, Row, Transaction
 from fundaments.store.migrate import current, head_revision, upgrade
 from fundaments.store.postgres import PostgresDatabase
 from fundaments.store.sqlite import SQLiteDatabase
@@ -62,6 +62,7 @@ __all__ = [
     "PostgresDatabase",
     "Row",
     "SQLiteDatabase",
+    "Transaction",
     "current",
     "head_revision",
     "open_database",

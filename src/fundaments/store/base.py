@@ -9,9 +9,9 @@ become SQL text.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -40,11 +40,25 @@ class Executor(Protocol):
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
 
 
+@runtime_checkable
+class Transaction(Executor, Protocol):
+    """An open transaction: an Executor whose work can be completed just before it commits."""
+
+    def before_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` inside the transaction, after the caller's last statement, before COMMIT.
+
+        Hooks run in registration order and only when the block ends without an error. The audit
+        trail appends its events this way, so the chain lock is always the last lock a
+        transaction takes (no lock-order deadlocks) and is held only for the commit.
+        """
+        ...
+
+
 class Database(Executor, Protocol):
     dialect: Dialect
     description: str  # for logs: the masked URL
 
-    def transaction(self) -> AbstractAsyncContextManager[Executor]:
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """One transaction: every statement inside commits together or not at all."""
         ...
 
@@ -67,3 +81,19 @@ def rowcount_from_status(status: str) -> int:
     """asyncpg's command status (``"UPDATE 3"``, ``"INSERT 0 1"``) as a row count."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+class CommitHooks:
+    """The ``before_commit`` list both backends' transaction objects keep."""
+
+    __slots__ = ("_hooks",)
+
+    def __init__(self) -> None:
+        self._hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def before_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._hooks.append(hook)
+
+    async def run_commit_hooks(self) -> None:
+        while self._hooks:  # a hook may register another
+            await self._hooks.pop(0)()

@@ -11,7 +11,7 @@ import asyncpg
 
 from fundaments.config import mask_dsn
 from fundaments.errors import ConstraintViolation, StorageError
-from fundaments.store.base import Dialect, Executor, Row, rowcount_from_status
+from fundaments.store.base import CommitHooks, Dialect, Row, Transaction, rowcount_from_status
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ class _Runner:
             raise _translate(exc) from exc
 
 
+class _TransactionRunner(CommitHooks, _Runner):
+    """The statements of one open transaction on its connection."""
+
+    def __init__(self, conn: Any) -> None:
+        CommitHooks.__init__(self)
+        _Runner.__init__(self, conn)
+
+
 class PostgresDatabase(_Runner):
     """The store interface on a PostgreSQL database through an asyncpg pool."""
 
@@ -122,9 +130,11 @@ class PostgresDatabase(_Runner):
         return cls(pool, dsn, direct=await pool.acquire())
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Executor]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._pool.acquire() as conn, conn.transaction():
-            yield _Runner(conn)
+            tx = _TransactionRunner(conn)
+            yield tx
+            await tx.run_commit_hooks()
 
     async def close(self) -> None:
         if self._direct is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fundaments.errors import ConstraintViolation, StorageError
-from fundaments.store.base import Dialect, Executor, Row, to_sqlite
+from fundaments.store.base import CommitHooks, Dialect, Row, Transaction, to_sqlite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,12 +110,13 @@ class _Cursorless:
         conn.executemany(translate(sql), args).close()
 
 
-class _Transaction:
+class _Transaction(CommitHooks):
     """The statements of one open transaction; each runs on the writer thread."""
 
     __slots__ = ("_db",)
 
     def __init__(self, db: SQLiteDatabase) -> None:
+        super().__init__()
         self._db = db
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
@@ -194,7 +195,7 @@ class SQLiteDatabase:
 
     # --- transactions ----------------------------------------------------------------------------
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Executor]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         if self._closed:
             raise StorageError("the database is closed")
         if _holding_writer.get():
@@ -207,7 +208,9 @@ class SQLiteDatabase:
             try:
                 await self._on_writer(self._begin)
                 try:
-                    yield _Transaction(self)
+                    tx = _Transaction(self)
+                    yield tx
+                    await tx.run_commit_hooks()
                 except BaseException:
                     await asyncio.shield(self._on_writer(self._rollback))
                     raise
