@@ -27,10 +27,11 @@ async def main() -> None:
             security: Security = fundaments["security"]
             request_data = {"ip_address": "203.0.113.7", "user_agent": "Mozilla/5.0 (quickstart)"}
 
-            user = await security.register_user("dev@example.com", "correct horse battery staple", roles=["member"])
+            password = "correct horse battery staple"
+            user = await security.register_user("dev@example.com", password, roles=["member"])
             print("registered:", user.username, "id", user.id)
 
-            result = await security.user_login("dev@example.com", "correct horse battery staple", request_data)
+            result = await security.user_login("dev@example.com", password, request_data)
             print("login ok:", bool(result))
             assert result.session is not None and result.session.token is not None
             token = result.session.token
@@ -39,7 +40,8 @@ async def main() -> None:
             print("session valid from the same client:", session is not None)
             stolen = await security.validate_session(token, {**request_data, "ip_address": "198.51.100.9"})
             print("same cookie from another IP:", stolen)
-            print("after the hijack attempt the session is dead:", await security.validate_session(token, request_data))
+            after = await security.validate_session(token, request_data)
+            print("after the hijack attempt the session is dead:", after is None)
 
             wrong = await security.user_login("dev@example.com", "wrong password guess", request_data)
             print("wrong password:", bool(wrong), wrong.reason)
