@@ -7,6 +7,7 @@ under CI=true, where a missing database fails the run instead of silently skippi
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -65,6 +66,24 @@ async def drop_database(admin_url: str, url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """configure_logging (called by initialize_fundaments and the logging tests) changes process-wide
+    logger state; put it back so one test's configuration cannot hide the next test's log lines."""
+    package = logging.getLogger("fundaments")
+    saved = (list(package.handlers), package.level, package.propagate)
+    root_filters = {h: list(h.filters) for h in logging.getLogger().handlers}
+    yield
+    for handler in package.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    package.handlers[:] = saved[0]
+    package.setLevel(saved[1])
+    package.propagate = saved[2]
+    for handler, filters in root_filters.items():
+        handler.filters[:] = filters
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,21 +37,6 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if field in Settings.model_fields or name == "FUNDAMENTS_ENV_FILE":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide logger state: put it back for the next tests."""
-    package = logging.getLogger("fundaments")
-    saved = (list(package.handlers), package.level, package.propagate)
-    root_filters = {h: list(h.filters) for h in logging.getLogger().handlers}
-    yield
-    for handler in package.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    package.handlers[:], package.level, package.propagate = saved
-    for handler, filters in root_filters.items():
-        handler.filters[:] = filters
 
 
 def write(path: Path, text: str) -> Path:
