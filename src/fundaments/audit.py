@@ -8,9 +8,11 @@ username as typed (normalized, truncated) and small JSON details.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,9 @@ from fundaments.store import Database, Executor, Transaction
 from fundaments.store import audit as queries
 
 audit_log = logging.getLogger("fundaments.audit")
+log = logging.getLogger(__name__)
+
+COALESCE_SECONDS = 60.0  # record_soon: repeats of one kind within this window become a count
 
 EVENT_FIELDS = (
     "occurred_at",
@@ -74,12 +79,76 @@ class ChainVerification:
         return self.ok
 
 
+@dataclass(slots=True)
+class _Burst:
+    started: float
+    suppressed: int = 0
+
+
 class AuditTrail:
     """Appends and reads audit events."""
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
+        self._bursts: dict[str, _Burst] = {}
+        self._pending: set[asyncio.Task[int | None]] = set()
+        # Events waiting for their transaction's commit; a rolled-back transaction's entry goes
+        # away with the transaction object.
+        self._batches: weakref.WeakKeyDictionary[Transaction, list[dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def record_soon(
+        self,
+        kind: str,
+        *,
+        outcome: str = "success",
+        details: Mapping[str, Any] | None = None,
+        window: float = COALESCE_SECONDS,
+    ) -> None:
+        """Record an event from synchronous code (``decrypt_data`` failing, say), in the background.
+
+        Repeats of ``kind`` within ``window`` seconds are counted, not written one by one, so a
+        flood of bad input cannot turn into a flood of database writes: the next event written
+        (or ``close()``) carries ``suppressed_before``, how many were folded into it.
+        """
+        now = self._clock.now()
+        burst = self._bursts.get(kind)
+        if burst is not None and now - burst.started < window:
+            burst.suppressed += 1
+            return
+        self._bursts[kind] = _Burst(now)
+        extra = {"suppressed_before": burst.suppressed} if burst is not None and burst.suppressed else {}
+        self._schedule(kind, outcome, {**(details or {}), **extra})
+
+    def _schedule(self, kind: str, outcome: str, details: Mapping[str, Any]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: nothing can be written from here
+            log.warning("audit event %s not recorded: no running event loop", kind)
+            return
+        task = loop.create_task(self.record(kind, outcome=outcome, details=details))
+        self._pending.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[int | None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("audit event could not be written: %s", task.exception())
+
+    async def close(self) -> None:
+        """Write the counts of coalesced events and wait for background writes to finish."""
+        for kind, burst in list(self._bursts.items()):
+            if burst.suppressed:
+                self._schedule(
+                    kind,
+                    "failure" if kind.endswith("failed") else "success",
+                    {"suppressed_before": burst.suppressed},
+                )
+                burst.suppressed = 0
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def record(
         self,
@@ -111,25 +180,34 @@ class AuditTrail:
         }
         if tx is None:
             async with self._db.transaction() as own_tx:
-                return await self._append(own_tx, fields)
+                return (await self._append(own_tx, [fields]))[0]
         if isinstance(tx, Transaction):
-            # Appended just before the caller's transaction commits: the chain lock is then always
-            # the last lock taken, and is held only for the commit.
-            tx.before_commit(lambda: self._append_at_commit(tx, fields))
+            # Appended just before the caller's transaction commits, all of its events at once: the
+            # chain lock is then always the last lock taken, and is held only for the commit.
+            batch = self._batches.get(tx)
+            if batch is None:
+                batch = self._batches[tx] = []
+                tx.before_commit(lambda: self._append_at_commit(tx, batch))
+            batch.append(fields)
             return None
-        return await self._append(tx, fields)
+        return (await self._append(tx, [fields]))[0]
 
-    async def _append_at_commit(self, tx: Executor, fields: dict[str, Any]) -> None:
-        await self._append(tx, fields)
+    async def _append_at_commit(self, tx: Executor, batch: list[dict[str, Any]]) -> None:
+        await self._append(tx, batch)
 
-    async def _append(self, tx: Executor, fields: dict[str, Any]) -> int:
+    async def _append(self, tx: Executor, batch: list[dict[str, Any]]) -> list[int]:
         await queries.lock_chain(tx, self._db.dialect)
         prev = await queries.last_hash(tx)
-        digest = chain_hash(prev, canonical(fields))
-        event_id = await queries.insert_event(tx, (*fields.values(), prev, digest))
-        # json.dumps escapes control characters, so a crafted username cannot forge a log line.
-        audit_log.info(canonical({"id": event_id, **fields}))
-        return event_id
+        rows = []
+        for fields in batch:
+            digest = chain_hash(prev, canonical(fields))
+            rows.append((*fields.values(), prev, digest))
+            prev = digest
+        ids = await queries.insert_events(tx, rows)
+        for event_id, fields in zip(ids, batch, strict=True):
+            # json.dumps escapes control characters, so a crafted username cannot forge a log line.
+            audit_log.info(canonical({"id": event_id, **fields}))
+        return ids
 
     async def events(
         self,

@@ -76,6 +76,9 @@ class Fundaments(Mapping[str, Any]):
             service = self._services.get(key)
             if service is not None:
                 await service.close()
+        audit: AuditTrail | None = self._services.get("audit")
+        if audit is not None:
+            await audit.close()
         db: Database | None = self._services.get("db")
         if db is not None:
             await db.close()

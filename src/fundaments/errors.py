@@ -10,6 +10,10 @@ class FundamentsError(Exception):
     """Base class of every fundaments error."""
 
 
+class InvalidArgument(FundamentsError, ValueError):
+    """A public method got an argument of the wrong type, length or shape (a programming error)."""
+
+
 class ConfigurationError(FundamentsError):
     """A configuration value is set but invalid; start-up stops."""
 

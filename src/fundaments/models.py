@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fundaments.errors import InvalidArgument
+
 MAX_IP_LENGTH = 45  # longest textual IPv6 address
 MAX_USER_AGENT_LENGTH = 512
 
@@ -59,7 +61,7 @@ class RequestContext:
         elif isinstance(request_data, Mapping):
             missing = [k for k in ("ip_address", "user_agent") if k not in request_data]
             if missing:
-                raise ValueError(
+                raise InvalidArgument(
                     "request_data is missing "
                     + " and ".join(repr(m) for m in missing)
                     + "; pass {'ip_address': client IP, 'user_agent': User-Agent header}"
@@ -67,19 +69,19 @@ class RequestContext:
             device = request_data.get("device_token")
             ctx = cls(request_data["ip_address"], request_data["user_agent"], device)
         else:
-            raise ValueError(
+            raise InvalidArgument(
                 f"request_data must be a dict or RequestContext, not {type(request_data).__name__}"
             )
         if not isinstance(ctx.ip_address, str) or not ctx.ip_address.strip():
-            raise ValueError("request_data['ip_address'] must be a non-empty string (the client IP)")
+            raise InvalidArgument("request_data['ip_address'] must be a non-empty string (the client IP)")
         if len(ctx.ip_address) > MAX_IP_LENGTH:
-            raise ValueError(f"request_data['ip_address'] is longer than {MAX_IP_LENGTH} characters")
+            raise InvalidArgument(f"request_data['ip_address'] is longer than {MAX_IP_LENGTH} characters")
         if not isinstance(ctx.user_agent, str):
-            raise ValueError(
+            raise InvalidArgument(
                 "request_data['user_agent'] must be a string (the User-Agent header, may be empty)"
             )
         if ctx.device_token is not None and not isinstance(ctx.device_token, str):
-            raise ValueError("request_data['device_token'] must be a string or absent")
+            raise InvalidArgument("request_data['device_token'] must be a string or absent")
         ip, agent = storable_text(ctx.ip_address), storable_text(ctx.user_agent[:MAX_USER_AGENT_LENGTH])
         if ip is not ctx.ip_address or agent is not ctx.user_agent:
             ctx = cls(ip, agent, ctx.device_token)

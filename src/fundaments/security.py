@@ -14,8 +14,14 @@ from typing import Any
 from fundaments.access_control import AccessControl
 from fundaments.audit import AuditTrail, ChainVerification
 from fundaments.config import Settings
-from fundaments.encryption import EncryptionService, FilePath, Progress, Token
-from fundaments.errors import AuthenticationError, ServiceUnavailable, UnknownUserError
+from fundaments.encryption import EncryptionService, FilePath, Progress, Token, run_file_job
+from fundaments.errors import (
+    AuthenticationError,
+    DecryptionError,
+    InvalidArgument,
+    ServiceUnavailable,
+    UnknownUserError,
+)
 from fundaments.models import AuditEvent, LoginResult, RequestContext, Role, Session, User
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Transaction
@@ -23,11 +29,28 @@ from fundaments.user_handler import UserHandler
 
 CORE_SERVICES = ("user_handler", "sessions", "access_control")
 MAX_AUDIT_PAGE = 10_000
+MAX_SESSION_ID = 64
 
 ENCRYPTION_UNAVAILABLE = (
     "encryption is not configured: set MASTER_ENCRYPTION_KEY (at least 32 characters) and "
     "PERSISTENT_ENCRYPTION_SALT (hex, at least 16 bytes); `fundaments keys generate` prints both"
 )
+
+
+def _user_id(value: object, name: str = "user_id") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise InvalidArgument(f"{name} must be a positive integer (a User.id), not {type(value).__name__}")
+    return value
+
+
+def _optional_user_id(value: object, name: str) -> int | None:
+    return None if value is None else _user_id(value, name)
+
+
+def _text_argument(value: object, name: str, max_length: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise InvalidArgument(f"{name} must be a non-empty string of at most {max_length} characters")
+    return value
 
 
 class Security:
@@ -71,11 +94,19 @@ class Security:
         Raises DecryptionError (a ValueError) for anything that does not parse, was made under an
         unknown key or another context, or was changed.
         """
-        return (self._encryption or self._require_encryption()).decrypt_text(token, context=context)
+        try:
+            return (self._encryption or self._require_encryption()).decrypt_text(token, context=context)
+        except DecryptionError as exc:
+            self._decrypt_failed("decrypt_data", exc)
+            raise
 
     def decrypt_bytes(self, token: Token, *, context: str | None = None) -> bytes:
         """Like decrypt_data, for binary data."""
-        return self._require_encryption().decrypt(token, context=context)
+        try:
+            return self._require_encryption().decrypt(token, context=context)
+        except DecryptionError as exc:
+            self._decrypt_failed("decrypt_bytes", exc)
+            raise
 
     def reencrypt(self, token: Token, *, context: str | None = None) -> str:
         """The same data in a new envelope under the current key; the plaintext is never returned.
@@ -83,7 +114,22 @@ class Security:
         Use it after a key rotation, or to turn a PyFundaments record into an envelope (then
         ``context`` is the context the new envelope is bound to; the old record had none).
         """
-        return self._require_encryption().reencrypt(token, context=context)
+        encryption = self._require_encryption()
+        try:
+            envelope = encryption.reencrypt(token, context=context)
+        except DecryptionError as exc:
+            self._decrypt_failed("reencrypt", exc)
+            raise
+        if self._audit is not None:  # coalesced: a bulk rotation writes one event a minute, with a count
+            self._audit.record_soon("keys.reencrypted", details={"key_id": encryption.key_id})
+        return envelope
+
+    def _decrypt_failed(self, operation: str, exc: DecryptionError) -> None:
+        # Coalesced per minute: bad input an attacker controls must not become a write per attempt.
+        if self._audit is not None:
+            self._audit.record_soon(
+                "decrypt.failed", outcome="failure", details={"operation": operation, "error": str(exc)}
+            )
 
     async def encrypt_file(self, src: FilePath, dst: FilePath, *, progress: Progress | None = None) -> None:
         """Encrypt the file ``src`` into ``dst`` in a worker thread, in constant memory.
@@ -92,7 +138,7 @@ class Security:
         exception it raises stops the job. ``dst`` appears, mode 0600, only once complete; on an
         error, or a cancellation before the last segment, no ``dst`` is written.
         """
-        await self._run_file_job(self._require_encryption().encrypt_file, src, dst, progress)
+        await run_file_job(self._require_encryption().encrypt_file, src, dst, progress)
 
     async def decrypt_file(self, src: FilePath, dst: FilePath, *, progress: Progress | None = None) -> None:
         """Decrypt ``src`` into ``dst``; ``dst`` appears only after the last segment authenticated.
@@ -100,10 +146,8 @@ class Security:
         Raises DecryptionError on a wrong key, a changed, cut, reordered or extended file; then
         no ``dst`` was written and no unauthenticated plaintext ever reached the disk.
         """
-        from fundaments.errors import DecryptionError
-
         try:
-            await self._run_file_job(self._require_encryption().decrypt_file, src, dst, progress)
+            await run_file_job(self._require_encryption().decrypt_file, src, dst, progress)
         except DecryptionError as exc:
             if self._audit is not None:
                 await self._audit.record(
@@ -113,50 +157,10 @@ class Security:
                 )
             raise
 
-    @staticmethod
-    async def _run_file_job(job: Any, src: FilePath, dst: FilePath, progress: Progress | None) -> None:
-        import asyncio
-        import concurrent.futures
-        import threading
-
-        loop = asyncio.get_running_loop()
-        cancelled = threading.Event()
-
-        def on_loop(done: int, total: int, delivered: concurrent.futures.Future[None]) -> None:
-            try:
-                assert progress is not None
-                progress(done, total)
-                delivered.set_result(None)
-            except BaseException as exc:  # a failing callback stops the job, in the caller's task
-                delivered.set_exception(exc)
-
-        def report(done: int, total: int) -> None:  # runs in the worker thread, once per segment
-            if progress is not None:
-                # Wait until the callback has run on the loop: progress arrives in segment order,
-                # and a cancellation it triggers is seen before the next segment.
-                delivered: concurrent.futures.Future[None] = concurrent.futures.Future()
-                loop.call_soon_threadsafe(on_loop, done, total, delivered)
-                delivered.result()
-            if cancelled.is_set():
-                raise asyncio.CancelledError  # stops the worker; the partial output is removed
-
-        worker = asyncio.ensure_future(asyncio.to_thread(job, src, dst, progress=report))
-        try:
-            await asyncio.shield(worker)
-        except asyncio.CancelledError:
-            cancelled.set()
-            # Wait for the worker to stop at its next segment and remove its partial output, so
-            # that when the cancellation reaches the caller no file is still being written.
-            while not worker.done():  # within one segment; a repeated cancel must not cut it short
-                try:
-                    await asyncio.wait([worker])
-                except asyncio.CancelledError:
-                    continue
-            raise
-
     # --- accounts ------------------------------------------------------------------------------
     async def get_user(self, user_id: int) -> User | None:
         """The account with this id, or None."""
+        user_id = _user_id(user_id)
         return await self._users.get(user_id)
 
     async def get_user_by_username(self, username: str) -> User | None:
@@ -169,6 +173,8 @@ class Security:
 
     async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
         """Clear the account's lock, failure count and backoff (audited ``account.unlocked``)."""
+        user_id = _user_id(user_id)
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         await self._users.unlock(user_id, actor_user_id=actor_user_id)
 
     async def register_user(
@@ -189,8 +195,9 @@ class Security:
         InvalidPasswordHashError, UserExistsError (also for a username that only differs in case
         or Unicode form) or RoleError; nothing is written then.
         """
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         if (password is None) == (password_hash is None):
-            raise ValueError("register_user needs exactly one of password or password_hash")
+            raise InvalidArgument("register_user needs exactly one of password or password_hash")
         role_names = [roles] if isinstance(roles, str) else list(roles)
         if password is not None:
             encoded = await self._users.prepare_password(password, username=username)
@@ -248,6 +255,7 @@ class Security:
         token, returned here: set it as the cookie. Raises AuthenticationError for a wrong current
         password, PasswordPolicyError for a new one that breaks the policy, UnknownUserError.
         """
+        user_id = _user_id(user_id)
         user = await self._users.get(user_id)
         if user is None:
             raise UnknownUserError(f"no account has id {user_id}")
@@ -272,6 +280,8 @@ class Security:
     async def disable_user(self, user_id: int, *, actor_user_id: int | None = None) -> int:
         """Disable an account: it cannot log in, every session ends at once and its permission
         checks answer False everywhere within a second. Returns how many sessions ended."""
+        user_id = _user_id(user_id)
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         async with self._transaction() as tx:
             await self._access.invalidate_user(tx, user_id)  # first: the RBAC lock, then the user row
             await self._users.set_disabled(tx, user_id, True, actor_user_id=actor_user_id)
@@ -281,6 +291,8 @@ class Security:
 
     async def enable_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
         """Re-enable a disabled account (audited ``user.enabled``); it logs in afresh."""
+        user_id = _user_id(user_id)
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         async with self._transaction() as tx:
             await self._access.invalidate_user(tx, user_id)
             await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
@@ -304,14 +316,18 @@ class Security:
 
     async def logout_all(self, user_id: int) -> int:
         """End every session of the user; how many ended."""
+        user_id = _user_id(user_id)
         return await self._sessions.revoke_all(user_id, reason="logout_all")
 
     async def list_sessions(self, user_id: int) -> list[Session]:
         """The user's live sessions, newest first; each has a public ``id`` and no token."""
+        user_id = _user_id(user_id)
         return await self._sessions.list_for_user(user_id)
 
     async def revoke_session(self, user_id: int, session_id: str) -> bool:
         """End one of the user's sessions by its public id; False if the user has no such session."""
+        user_id = _user_id(user_id)
+        session_id = _text_argument(session_id, "session_id", MAX_SESSION_ID)
         return await self._sessions.revoke_by_id(user_id, session_id)
 
     # --- access control ------------------------------------------------------------------------
@@ -344,45 +360,55 @@ class Security:
         actor_user_id: int | None = None,
     ) -> Role:
         """Create a role; RoleError for a bad or taken name, a bad permission or an unknown parent."""
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         return await self._access.create_role(
             name, permissions, inherits, description, actor_user_id=actor_user_id
         )
 
     async def delete_role(self, name: str, *, actor_user_id: int | None = None) -> None:
         """Delete a role: revoked from its holders, removed from roles inheriting it."""
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         await self._access.delete_role(name, actor_user_id=actor_user_id)
 
     async def set_role_permissions(
         self, name: str, permissions: Iterable[str], *, actor_user_id: int | None = None
     ) -> None:
         """Replace a role's own permissions."""
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         await self._access.set_role_permissions(name, permissions, actor_user_id=actor_user_id)
 
     async def set_role_inherits(
         self, name: str, inherits: Iterable[str], *, actor_user_id: int | None = None
     ) -> None:
         """Replace the roles a role inherits; RoleError naming the cycle if one would form."""
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         await self._access.set_role_inherits(name, inherits, actor_user_id=actor_user_id)
 
     async def grant_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
         """Grant a role (audited; the user's sessions rotate at their next request); False if the
         user already held it."""
+        user_id = _user_id(user_id)
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         changed = await self._access.grant_role(user_id, role, actor_user_id=actor_user_id)
         self._sessions.invalidate_cache()  # rotation at once on this instance, within 1 s elsewhere
         return changed
 
     async def revoke_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
         """Revoke a role (audited; sessions rotate); False if the user did not hold it."""
+        user_id = _user_id(user_id)
+        actor_user_id = _optional_user_id(actor_user_id, "actor_user_id")
         changed = await self._access.revoke_role(user_id, role, actor_user_id=actor_user_id)
         self._sessions.invalidate_cache()
         return changed
 
     async def user_roles(self, user_id: int) -> list[str]:
         """The roles granted to the user directly, sorted; UnknownUserError for an unknown id."""
+        user_id = _user_id(user_id)
         return await self._access.user_roles(user_id)
 
     async def user_permissions(self, user_id: int) -> frozenset[str]:
         """The user's effective permissions (wildcards as granted); empty while disabled."""
+        user_id = _user_id(user_id)
         return await self._access.user_permissions(user_id)
 
     async def list_roles(self) -> list[Role]:
@@ -400,7 +426,7 @@ class Security:
     ) -> list[AuditEvent]:
         """Audit events, newest first: about or by ``user_id``, of ``kind``, at or after ``since``."""
         if not isinstance(limit, int) or not 1 <= limit <= MAX_AUDIT_PAGE:
-            raise ValueError(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
+            raise InvalidArgument(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
         return await self._require_audit().events(user_id=user_id, kind=kind, since=since, limit=limit)
 
     async def verify_audit_chain(self) -> ChainVerification:

@@ -190,8 +190,10 @@ class SessionManager:
         user_row = await queries.lock_user(tx, user.id)
         if user_row is None:
             raise UnknownUserError(f"no user with id {user.id}; cannot start a session")
-        await queries.delete_expired_for_user(tx, user.id, now, now - self._idle)
         over = await queries.count_for_user(tx, user.id) - self._max_per_user + 1
+        if over > 0:  # rare: only then are the user's dead rows cleared before counting again
+            await queries.delete_expired_for_user(tx, user.id, now, now - self._idle)
+            over = await queries.count_for_user(tx, user.id) - self._max_per_user + 1
         if over > 0:
             evicted = await queries.delete_oldest(tx, user.id, over)
             self._forget_hashes(row["token_hash"] for row in evicted)

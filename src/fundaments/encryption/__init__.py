@@ -7,6 +7,7 @@ through the ``Security`` facade. Format and construction: docs/encryption.md.
 from __future__ import annotations
 
 from fundaments.encryption.envelope import AUTHENTICATION_FAILED, INVALID_FORMAT
+from fundaments.encryption.jobs import run_file_job
 from fundaments.encryption.service import EPOCH_MESSAGES, EncryptionService, Token
 from fundaments.encryption.stream import PathLike as FilePath
 from fundaments.encryption.stream import Progress
@@ -19,4 +20,5 @@ __all__ = [
     "FilePath",
     "Progress",
     "Token",
+    "run_file_job",
 ]

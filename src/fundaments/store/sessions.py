@@ -56,7 +56,10 @@ async def lookup(db: Executor, token_hash: bytes) -> LookupRow | None:
 
 
 async def lock_user(tx: Executor, user_id: int) -> Row | None:
-    """The user's privilege epoch and name, row-locked until the transaction ends (PostgreSQL)."""
+    """The user's privilege epoch and name, row-locked until the transaction ends (PostgreSQL):
+    logins of one user queue here. Count the sessions in a later statement: a subquery here would
+    read the snapshot from before the wait for the lock (READ COMMITTED) and miss a login that
+    committed meanwhile."""
     return await tx.fetchrow(
         "SELECT privilege_epoch, username FROM fundaments_users WHERE id = $1 FOR UPDATE", user_id
     )

@@ -111,29 +111,45 @@ class _Cursorless:
 
 
 class _Transaction(CommitHooks):
-    """The statements of one open transaction; each runs on the writer thread."""
+    """The statements of one open transaction; each runs on the writer thread.
 
-    __slots__ = ("_db",)
+    ``BEGIN IMMEDIATE`` is sent together with the first statement (one thread hop fewer): a
+    transaction that runs no statement never takes the write lock.
+    """
+
+    __slots__ = ("__weakref__", "_db", "begun")
 
     def __init__(self, db: SQLiteDatabase) -> None:
         super().__init__()
         self._db = db
+        self.begun = False
+
+    async def _run(self, func: Callable[..., T], sql: str, args: Any) -> T:
+        writer = self._db._writer
+
+        def call() -> T:
+            if not self.begun:
+                writer.execute("BEGIN IMMEDIATE")
+                self.begun = True
+            return func(writer, sql, args)
+
+        return await self._db._on_writer(call)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        return await self._db._on_writer(_Cursorless.fetchrow_sync, self._db._writer, sql, args)
+        return await self._run(_Cursorless.fetchrow_sync, sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return await self._db._on_writer(_Cursorless.fetch_sync, self._db._writer, sql, args)
+        return await self._run(_Cursorless.fetch_sync, sql, args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self._db._on_writer(_Cursorless.execute_sync, self._db._writer, sql, args)
+        return await self._run(_Cursorless.execute_sync, sql, args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
-        await self._db._on_writer(_Cursorless.executemany_sync, self._db._writer, sql, args)
+        await self._run(_Cursorless.executemany_sync, sql, args)
 
 
 class SQLiteDatabase:
@@ -169,8 +185,7 @@ class SQLiteDatabase:
                 return _Cursorless.fetchrow_sync(self._reader, sql, args)
             except sqlite3.Error as exc:
                 raise _storage_error(exc) from exc
-        async with self.transaction() as tx:
-            return await tx.fetchrow(sql, *args)
+        return await self._single(_Cursorless.fetchrow_sync, sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         if _is_plain_read(sql):
@@ -178,24 +193,58 @@ class SQLiteDatabase:
                 return _Cursorless.fetch_sync(self._reader, sql, args)
             except sqlite3.Error as exc:
                 raise _storage_error(exc) from exc
-        async with self.transaction() as tx:
-            return await tx.fetch(sql, *args)
+        return await self._single(_Cursorless.fetch_sync, sql, args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
 
     async def execute(self, sql: str, *args: Any) -> int:
-        async with self.transaction() as tx:
-            return await tx.execute(sql, *args)
+        return await self._single(_Cursorless.execute_sync, sql, args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
-        async with self.transaction() as tx:
-            await tx.executemany(sql, args)
+        await self._single(_Cursorless.executemany_sync, sql, args)
+
+    async def _single(self, func: Callable[..., T], sql: str, args: Any) -> T:
+        """One write statement as its own transaction, in one hop to the writer thread.
+
+        Still ``BEGIN IMMEDIATE`` … ``COMMIT`` rather than autocommit: an autocommit write first
+        reads, and upgrading that read to a write fails at once (no busy wait) when another process
+        committed in between.
+        """
+        writer = self._writer
+
+        def call() -> T:
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                result = func(writer, sql, args)
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+            writer.execute("COMMIT")
+            return result
+
+        async with self._writer_held():
+            return await self._on_writer(call)
 
     # --- transactions ----------------------------------------------------------------------------
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._writer_held():
+            tx = _Transaction(self)
+            try:
+                yield tx
+                await tx.run_commit_hooks()
+            except BaseException:
+                if tx.begun:
+                    await asyncio.shield(self._on_writer(self._rollback))
+                raise
+            if tx.begun:
+                await asyncio.shield(self._on_writer(self._commit))
+
+    @asynccontextmanager
+    async def _writer_held(self) -> AsyncIterator[None]:
+        """Hold the in-process write lock; refuse a second one from the same task (it would deadlock)."""
         if self._closed:
             raise StorageError("the database is closed")
         if _holding_writer.get():
@@ -206,20 +255,9 @@ class SQLiteDatabase:
         async with self._write_lock:
             token = _holding_writer.set(True)
             try:
-                await self._on_writer(self._begin)
-                try:
-                    tx = _Transaction(self)
-                    yield tx
-                    await tx.run_commit_hooks()
-                except BaseException:
-                    await asyncio.shield(self._on_writer(self._rollback))
-                    raise
-                await asyncio.shield(self._on_writer(self._commit))
+                yield
             finally:
                 _holding_writer.reset(token)
-
-    def _begin(self) -> None:
-        self._writer.execute("BEGIN IMMEDIATE")
 
     def _commit(self) -> None:
         self._writer.execute("COMMIT")
