@@ -22,10 +22,24 @@ from fundaments.errors import (
     ServiceUnavailable,
     UnknownUserError,
 )
-from fundaments.models import AuditEvent, LoginResult, RequestContext, Role, Session, User
+from fundaments.models import AuditEvent, LoginFailure, LoginResult, RequestContext, Role, Session, User
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Transaction
 from fundaments.user_handler import UserHandler
+
+# The value types surfaces need, re-exported: the web layer, the CLI and app/ import nothing below
+# this module but config and errors (import-linter contract in pyproject.toml).
+__all__ = [
+    "AuditEvent",
+    "ChainVerification",
+    "LoginFailure",
+    "LoginResult",
+    "RequestContext",
+    "Role",
+    "Security",
+    "Session",
+    "User",
+]
 
 CORE_SERVICES = ("user_handler", "sessions", "access_control")
 MAX_AUDIT_PAGE = 10_000

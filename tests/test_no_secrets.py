@@ -1,0 +1,58 @@
+"""Nothing secret reaches the database or any log line, even at DEBUG (facade issue)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fundaments import Security
+from fundaments.errors import DecryptionError
+from fundaments.store.tables import metadata
+
+PASSWORD = "Unique-Passphrase-For-The-Scan-2026"
+WRONG_PASSWORD = "Another-Unique-Wrong-Guess-2026"
+PLAINTEXT = "SensitiveToken123-scan-marker"
+
+
+async def database_bytes(fundaments) -> list[bytes]:
+    db = fundaments["db"]
+    if db.dialect == "sqlite":
+        path = db.path
+        files = [path, path.with_name(path.name + "-wal")]
+        return [f.read_bytes() for f in files if f.exists()]
+    blobs = []
+    for table in metadata.sorted_tables:
+        rows = await db.fetch(f"SELECT row_to_json(t)::text AS j FROM {table.name} t")
+        blobs.extend(row["j"].encode() for row in rows)
+    return blobs
+
+
+async def test_password_token_and_plaintext_appear_nowhere(fundaments, request_data, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    security: Security = fundaments["security"]
+    user = await security.register_user("auditee@example.com", PASSWORD, roles=["member"])
+    await security.user_login("auditee@example.com", WRONG_PASSWORD, request_data)
+    login = await security.user_login("auditee@example.com", PASSWORD, request_data)
+    assert login.session and login.session.token and login.device_token
+    assert await security.validate_session(login.session.token, request_data)
+    await security.validate_session(login.session.token, {**request_data, "ip_address": "192.0.2.1"})
+    envelope = security.encrypt_data(PLAINTEXT, context=f"user:{user.id}:api_key")
+    with pytest.raises(DecryptionError):
+        security.decrypt_data(envelope, context="user:0:api_key")
+    await fundaments["audit"].close()  # background audit writes are done
+    await fundaments["sessions"].flush_touches()
+
+    needles = {
+        "password": PASSWORD,
+        "wrong password": WRONG_PASSWORD,
+        "session token": login.session.token,
+        "device token": login.device_token,
+        "plaintext": PLAINTEXT,
+    }
+    logs = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records).encode()
+    assert b"login.succeeded" in logs  # the audit lines were captured
+    for blob in [*await database_bytes(fundaments), logs]:
+        for name, secret in needles.items():
+            for form in (secret.encode(), secret.encode("utf-16-le")):
+                assert form not in blob, f"the {name} leaked"
