@@ -13,6 +13,7 @@ import logging
 import sys
 
 from fundaments import initialize_fundaments
+from fundaments.bootstrap import ensure_admin
 from fundaments.config import ensure_env_keys, env_file_path, load_settings
 from fundaments.errors import FundamentsError
 
@@ -39,6 +40,13 @@ async def main() -> int:
         return 1
     for name, up in fundaments.started().items():
         log.info("service %-15s %s", name, "started" if up else "disabled (see the warnings above)")
+    password = await ensure_admin(fundaments.security)
+    if password is not None:  # to the terminal only: logs may be shipped elsewhere
+        print(
+            f"\nCreated the administrator account.\n  username: admin\n  password: {password}\n"
+            "This password is shown once; you will be asked to change it at the first login.\n",
+            flush=True,
+        )
     from app.app import start_application
 
     try:

@@ -119,3 +119,16 @@ async def test_three_instances_start_at_once_in_one_process(settings, clock) -> 
     finally:
         for instance in started:
             await instance.close()
+
+
+async def test_first_run_creates_one_admin_with_a_one_time_password(fundaments, request_data) -> None:
+    from fundaments.bootstrap import ensure_admin
+
+    security = fundaments["security"]
+    password = await ensure_admin(security)
+    assert password is not None and len(password) >= 24
+    assert await ensure_admin(security) is None  # accounts exist now: never a second admin
+    admin = await security.get_user_by_username("admin")
+    assert admin is not None and admin.must_change_password
+    assert await security.user_roles(admin.id) == ["admin"]
+    assert await security.user_login("admin", password, request_data)

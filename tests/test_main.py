@@ -69,6 +69,7 @@ def test_main_runs_in_an_empty_directory_and_stops_on_sigint(tmp_path: Path) -> 
     )
     assert key not in output  # the generated key is never printed
     assert "wrote them to .env" in output
+    assert "Created the administrator account." in output and "username: admin" in output
 
 
 def test_main_refuses_an_invalid_setting_with_one_clear_line(tmp_path: Path) -> None:

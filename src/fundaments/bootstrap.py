@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, cast
@@ -18,7 +19,7 @@ from fundaments.audit import AuditTrail
 from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, configure_logging, degraded_services, load_settings
 from fundaments.encryption import EncryptionService
-from fundaments.errors import StorageError
+from fundaments.errors import PasswordPolicyError, StorageError, UserExistsError
 from fundaments.passwords import PasswordService
 from fundaments.security import Security
 from fundaments.sessions import SessionManager
@@ -105,6 +106,27 @@ async def _build_encryption(settings: Settings) -> EncryptionService | None:
         settings.encryption_salt,
         settings.previous_master_keys,
     )
+
+
+ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD_BYTES = 18  # 24 URL-safe characters, 144 bits
+
+
+async def ensure_admin(security: Security, username: str = ADMIN_USERNAME) -> str | None:
+    """On a database without any account, create ``username`` with the ``admin`` role and a random
+    one-time password that must be changed at the first login; that password, or None when accounts
+    already exist. Print it once to the operator's terminal, never to a log."""
+    if await security.list_users(limit=1):
+        return None
+    while True:
+        password = secrets.token_urlsafe(ADMIN_PASSWORD_BYTES)
+        try:
+            await security.register_user(username, password, roles=["admin"], must_change_password=True)
+        except PasswordPolicyError:
+            continue  # a random string that happens to contain the username: draw again
+        except UserExistsError:
+            return None  # another instance starting at the same moment created it
+        return password
 
 
 async def check_database(settings: Settings) -> str | None:
