@@ -159,3 +159,12 @@ async def test_unstorable_client_strings_never_break_an_audit_write(fundaments, 
     event = (await audit.events(kind="login.failed"))[0]
     assert "\x00" not in (event.username or "") and len(event.username or "") <= 254
     assert await audit.verify_chain()
+
+
+async def test_record_soon_from_inside_a_transaction_is_written_after_it(fundaments) -> None:
+    audit: AuditTrail = fundaments["audit"]
+    async with fundaments["db"].transaction() as tx:
+        await tx.execute("INSERT INTO fundaments_state (key, value) VALUES ('x', 1)")
+        audit.record_soon("test.soon", details={"n": 1})
+    await audit.close()
+    assert [e.kind for e in await audit.events(kind="test.soon")] == ["test.soon"]

@@ -9,6 +9,7 @@ username as typed (normalized, truncated) and small JSON details.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -128,7 +129,11 @@ class AuditTrail:
         except RuntimeError:  # no event loop: nothing can be written from here
             log.warning("audit event %s not recorded: no running event loop", kind)
             return
-        task = loop.create_task(self.record(kind, outcome=outcome, details=details))
+        # A fresh context: a caller inside a transaction must not hand its "holds the writer" mark
+        # to a task that opens a transaction of its own.
+        task = loop.create_task(
+            self.record(kind, outcome=outcome, details=details), context=contextvars.Context()
+        )
         self._pending.add(task)
         task.add_done_callback(self._finished)
 
