@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fundaments.clock import Clock
-from fundaments.models import AuditEvent, storable_text
+from fundaments.models import AuditEvent, RequestContext, storable_text
 from fundaments.store import Database, Executor, Transaction
 from fundaments.store import audit as queries
 
@@ -168,9 +168,14 @@ class AuditTrail:
         user_agent: str | None = None,
         session_id: str | None = None,
         details: Mapping[str, Any] | None = None,
+        client: RequestContext | None = None,
     ) -> int | None:
         """Append one event: in a transaction of its own (its id is returned), or as part of ``tx``,
-        written when ``tx`` commits and not at all when it rolls back (then None is returned)."""
+        written when ``tx`` commits and not at all when it rolls back (then None is returned).
+        ``client`` fills ``ip_address`` and ``user_agent`` unless they are given."""
+        if client is not None:
+            ip_address = client.ip_address if ip_address is None else ip_address
+            user_agent = client.user_agent if user_agent is None else user_agent
         fields: dict[str, Any] = {
             "occurred_at": self._clock.now(),
             "kind": kind,

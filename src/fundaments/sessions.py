@@ -359,8 +359,7 @@ class SessionManager:
                 tx=tx,
                 subject_user_id=row[_USER_ID],
                 username=row[_USERNAME],
-                ip_address=ctx.ip_address,
-                user_agent=ctx.user_agent,
+                client=ctx,
                 session_id=row[_ID],
                 details={"reason": reason},
             )
@@ -378,8 +377,7 @@ class SessionManager:
                 tx=tx,
                 subject_user_id=row[_USER_ID],
                 username=row[_USERNAME],
-                ip_address=ctx.ip_address,
-                user_agent=ctx.user_agent,
+                client=ctx,
                 session_id=row[_ID],
                 details={"binding": self._binding, "action": "revoked", **self._clients(row, ctx, mismatch)},
             )
@@ -399,8 +397,7 @@ class SessionManager:
             outcome="failure",
             subject_user_id=row[_USER_ID],
             username=row[_USERNAME],
-            ip_address=ctx.ip_address,
-            user_agent=ctx.user_agent,
+            client=ctx,
             session_id=row[_ID],
             details={"binding": "log", "action": "allowed", **self._clients(row, ctx, mismatch)},
         )
@@ -418,8 +415,7 @@ class SessionManager:
                 tx=tx,
                 subject_user_id=row[_USER_ID],
                 username=row[_USERNAME],
-                ip_address=ctx.ip_address,
-                user_agent=ctx.user_agent,
+                client=ctx,
                 session_id=row[_ID],
                 details={
                     "reason": "privilege_change",

@@ -466,8 +466,7 @@ class UserHandler:
                     tx=tx,
                     subject_user_id=user_id,
                     username=username,
-                    ip_address=ctx.ip_address,
-                    user_agent=ctx.user_agent,
+                    client=ctx,
                     details={
                         "scope": "device" if device else "account",
                         "locked_until": float(claim["locked_until"]),
@@ -521,7 +520,6 @@ class UserHandler:
             tx=tx,
             subject_user_id=user_id,
             username=username,
-            ip_address=ctx.ip_address,
-            user_agent=ctx.user_agent,
+            client=ctx,
             details={"reason": reason.value, "device": device},
         )
