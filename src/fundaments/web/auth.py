@@ -1,0 +1,142 @@
+"""Log in and out from a request, and the guards of routes: FastAPI dependencies and Starlette decorators.
+
+Every helper works on a request that went through :class:`SecurityMiddleware`; the cookies they
+change are written by the middleware on whatever response the route returns.
+
+FastAPI (``HTTPException`` becomes ``{"detail": ...}`` JSON with status 401 or 403)::
+
+    @api.get("/me")
+    async def me(user: User = Depends(current_user)) -> dict[str, str]: ...
+
+    @api.post("/articles", dependencies=[Depends(require_permission("articles:write"))])
+
+Starlette::
+
+    @permission_required("articles:write")
+    async def create(request: Request) -> Response: ...
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+
+from fundaments.errors import PermissionDenied
+from fundaments.security import LoginResult, Session, User
+from fundaments.web.middleware import get_context
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+async def login(request: HTTPConnection, username: str, password: str) -> LoginResult:
+    """Log in with this request's client IP, User-Agent and device cookie.
+
+    On success the session cookie and the device cookie are set on the response and the request
+    counts as authenticated from here on; a session presented before is ended (fixation). On
+    failure ``reason`` says why, for logs: show the user one generic message.
+    """
+    ctx = get_context(request)
+    result = await ctx.security.user_login(username, password, ctx.request_data)
+    if result:
+        assert result.session is not None and result.session.token is not None
+        previous = ctx.token
+        if previous is not None and ctx.auth == "cookie":
+            await ctx.security.user_logout(previous)
+        ctx.start_session(result.session.token, result.user, result.session)
+        request.scope["user"] = result.user
+        if result.device_token:
+            ctx.set_device_token(result.device_token)
+    return result
+
+
+async def logout(request: HTTPConnection) -> bool:
+    """End this request's session and clear its cookie; False if there was no live session."""
+    ctx = get_context(request)
+    token = ctx.end_session()
+    request.scope["user"] = None
+    return await ctx.security.user_logout(token) if token is not None else False
+
+
+async def use_rotated_session(request: HTTPConnection, session: Session | None) -> None:
+    """After ``change_password(..., current_token=...)``: make its rotated session this client's
+    cookie, with the account read afresh (``must_change_password`` is cleared by then)."""
+    if session is not None and session.token is not None:
+        ctx = get_context(request)
+        user = await ctx.security.get_user(session.user_id)
+        ctx.start_session(session.token, user, session)
+        request.scope["user"] = user
+
+
+def csrf_token(request: HTTPConnection) -> str:
+    """The CSRF token a form on this request's page must send as its ``csrf_token`` field."""
+    return get_context(request).csrf_token
+
+
+def authenticated_user(request: HTTPConnection) -> User | None:
+    """The user of this request, or None."""
+    return get_context(request).user
+
+
+# --- FastAPI dependencies (plain Starlette types: FastAPI accepts them; no FastAPI import) ----
+async def current_user(request: Request) -> User:
+    """The user of this request; 401 when there is none."""
+    user = get_context(request).user
+    if user is None:
+        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def require_permission(permission: str) -> Callable[[Request], Awaitable[User]]:
+    """A dependency returning the user when they hold ``permission``.
+
+    401 without a user; 403 (and an audited ``permission.denied``) without the permission.
+    """
+
+    async def dependency(request: Request) -> User:
+        user = await current_user(request)
+        ctx = get_context(request)
+        try:
+            await ctx.security.require_permission(user.id, permission, request_data=ctx.request_data)
+        except PermissionDenied:
+            raise HTTPException(403, "permission denied") from None
+        return user
+
+    dependency.__name__ = f"require_permission({permission!r})"
+    return dependency
+
+
+# --- Starlette route decorators ---------------------------------------------------------------
+def login_required(endpoint: Endpoint) -> Endpoint:
+    """A Starlette endpoint that answers 401 JSON unless the request is authenticated."""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        try:
+            await current_user(request)
+        except HTTPException as exc:
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        return await endpoint(request)
+
+    return guarded
+
+
+def permission_required(permission: str) -> Callable[[Endpoint], Endpoint]:
+    """A Starlette endpoint that answers 401/403 JSON unless the user holds ``permission``."""
+    check = require_permission(permission)
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            try:
+                await check(request)
+            except HTTPException as exc:
+                return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            return await endpoint(request)
+
+        return guarded
+
+    return decorate
