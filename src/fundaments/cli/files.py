@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import click
 import typer
 from rich.markup import escape
 
@@ -24,11 +23,11 @@ def _spool_stdin(path: Path) -> None:
     """Copy stdin to ``path`` (mode 0600): the file format needs a seekable, sized input."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as target:
-        shutil.copyfileobj(click.get_binary_stream("stdin"), target, COPY_CHUNK)
+        shutil.copyfileobj(sys.stdin.buffer, target, COPY_CHUNK)
 
 
 def _copy_to_stdout(path: Path) -> None:
-    stdout = click.get_binary_stream("stdout")
+    stdout = sys.stdout.buffer
     with path.open("rb") as produced:
         shutil.copyfileobj(produced, stdout, COPY_CHUNK)
     stdout.flush()
