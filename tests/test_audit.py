@@ -99,6 +99,7 @@ async def test_log_line_is_one_json_object_even_with_a_newline_in_the_username(f
     lines = [r.getMessage() for r in caplog.records if r.name == "fundaments.audit"]
     assert len(lines) == 1 and "\n" not in lines[0]
     assert json.loads(lines[0])["kind"] == "login.failed"
+    assert isinstance(json.loads(lines[0])["details"], dict)  # nested, not JSON in a string
 
 
 async def test_oversized_details_stay_valid_json(fundaments) -> None:

@@ -216,7 +216,7 @@ class AuditTrail:
         ids = await queries.insert_events(tx, rows)
         for event_id, fields in zip(ids, batch, strict=True):
             # json.dumps escapes control characters, so a crafted username cannot forge a log line.
-            audit_log.info(canonical({"id": event_id, **fields}))
+            audit_log.info(canonical({"id": event_id, **fields, "details": json.loads(fields["details"])}))
         return ids
 
     async def events(
