@@ -231,3 +231,24 @@ async def test_before_commit_hooks_run_last_in_order_and_never_on_rollback(datab
         assert ran == ["first", "second"]
     finally:
         await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_survive_a_terminated_backend(postgres_url: str) -> None:
+    import asyncpg
+
+    db = await open_database(parse_database_url(postgres_url))
+    try:
+        await db.execute("INSERT INTO fundaments_state (key, value) VALUES ('k', 1)")
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        for _ in range(3):
+            assert await db.fetchval("SELECT value FROM fundaments_state WHERE key = $1", "k") == 1
+    finally:
+        await db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +31,13 @@ def _translate(exc: Exception) -> StorageError:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return ConstraintViolation(f"constraint violated: {exc}")
     return StorageError(f"PostgreSQL error: {type(exc).__name__}: {exc}")
+
+
+async def _connect_direct(dsn: str) -> Any:
+    """A connection of its own (not a pool proxy, which the pool detaches when the backend dies)."""
+    return await asyncpg.connect(
+        dsn, statement_cache_size=STATEMENT_CACHE_SIZE, command_timeout=COMMAND_TIMEOUT
+    )
 
 
 class _Runner:
@@ -97,19 +105,40 @@ class PostgresDatabase(_Runner):
         # acquire/release costs about a quarter of a primary-key lookup on loopback.
         self._direct = direct
         self._direct_busy = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def _run(self, method: str, sql: str, args: Sequence[Any]) -> Any:
         direct = self._direct
         if direct is None or self._direct_busy:
             return await getattr(self._pool, method)(sql, *args)
         if direct.is_closed():
-            self._direct = None  # lost (server restart): fall back to the pool from now on
+            self._lose_direct(direct)
             return await getattr(self._pool, method)(sql, *args)
         self._direct_busy = True
         try:
             return await getattr(direct, method)(sql, *args)
+        except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+            # The held connection died (server restart, terminated backend). A read is safe to run
+            # again on the pool; a write may or may not have committed, so its error goes up.
+            self._lose_direct(direct)
+            if sql.lstrip()[:6].upper() != "SELECT":
+                raise
+            return await getattr(self._pool, method)(sql, *args)
         finally:
             self._direct_busy = False
+
+    def _lose_direct(self, direct: Any) -> None:
+        """Drop a dead held connection; the pool serves single statements until a new one is up."""
+        self._direct = None
+        direct.terminate()
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        try:
+            self._direct = await _connect_direct(self.dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("PostgreSQL: the held connection could not be replaced (%s); using the pool", exc)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20) -> PostgresDatabase:
@@ -127,7 +156,7 @@ class PostgresDatabase(_Runner):
                 f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {exc}; check DATABASE_URL and that "
                 "the server is running"
             ) from None
-        return cls(pool, dsn, direct=await pool.acquire())
+        return cls(pool, dsn, direct=await _connect_direct(dsn))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -137,7 +166,9 @@ class PostgresDatabase(_Runner):
             await tx.run_commit_hooks()
 
     async def close(self) -> None:
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._direct is not None:
-            await self._pool.release(self._direct)
+            await self._direct.close()
             self._direct = None
         await self._pool.close()
