@@ -57,6 +57,15 @@ class HashingBusyError(ServiceUnavailable):
     """Every hashing worker is busy and the wait queue is full: retry in a moment."""
 
 
+def _is_utf8_text(text: str) -> bool:
+    """False for a string with lone surrogates, which UTF-8 (and so every hasher) cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_password(password: str) -> str:
     """The form a password is hashed and verified in: Unicode NFKC, nothing else (no case folding,
     no trimming, no truncation), as NIST SP 800-63B asks."""
@@ -362,6 +371,8 @@ class PasswordPolicy:
         self.app_name = app_name
 
     def failures(self, password: str, *, username: str = "") -> list[str]:
+        if not _is_utf8_text(password):  # lone surrogates (e.g. "\ud800" from JSON) cannot be hashed
+            return ["use only valid Unicode characters (this one has unpaired surrogates)"]
         password = normalize_password(password)
         folded = password.casefold()
         problems: list[str] = []
@@ -516,7 +527,7 @@ class PasswordService:
         differ) the un-normalized password is tried too.
         """
         hasher = self.identify(encoded)
-        if hasher is None:
+        if hasher is None or not _is_utf8_text(password):  # no hash was ever made of lone surrogates
             return False
         normalized = normalize_password(password)
         if hasher.verify(normalized, encoded):

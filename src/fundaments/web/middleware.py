@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -71,7 +73,7 @@ LOCALHOST_COOKIES = CookieNames("session", "device", "csrf", secure=False)
 
 
 def _cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) -> str:
-    # ASVS 3.4.1-3.4.5: HttpOnly, SameSite, host-only (__Host- needs Secure, Path=/, no Domain).
+    # ASVS 5.0 3.3.1-3.3.4: HttpOnly, SameSite, host-only (__Host- needs Secure, Path=/, no Domain).
     parts = [f"{name}={value}", "Path=/", "HttpOnly", "SameSite=Lax"]
     if secure:
         parts.append("Secure")
@@ -352,7 +354,10 @@ class SecurityMiddleware:
             body = await self._read_body(receive)
             if body is None:
                 return receive, "too large"
-            form = await Request(dict(scope), _replay(body, receive)).form()
+            try:
+                form = await Request(dict(scope), _replay(body, receive)).form()
+            except (HTTPException, MultiPartException):  # malformed multipart: no token to read
+                return receive, "CSRF token missing (malformed form body)"
             receive = _replay(body, receive)
             field_value = form.get(CSRF_FORM_FIELD)
             given = field_value if isinstance(field_value, str) else None
@@ -370,7 +375,10 @@ class SecurityMiddleware:
             referer = headers.get("referer")
             if not referer:
                 return False
-            parts = urlsplit(referer)
+            try:
+                parts = urlsplit(referer)
+            except ValueError:  # e.g. "http://[": an unparseable Referer is not same-origin
+                return False
             origin = f"{parts.scheme}://{parts.netloc}"
         origin = origin.rstrip("/").lower()
         return origin == own or origin in self.allowed_origins
