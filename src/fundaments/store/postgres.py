@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 STATEMENT_CACHE_SIZE = 512
 COMMAND_TIMEOUT = 30.0  # seconds
+READ_ATTEMPTS = 4  # a read after lost connections: the held one and the pool's (min size 2) may all be dead
 
 
 async def _keep_session_state(connection: Any) -> None:
@@ -31,6 +32,10 @@ def _translate(exc: Exception) -> StorageError:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return ConstraintViolation(f"constraint violated: {exc}")
     return StorageError(f"PostgreSQL error: {type(exc).__name__}: {exc}")
+
+
+# What a statement on a connection whose backend died raises, depending on when it notices.
+_CONNECTION_LOST = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.InternalClientError)
 
 
 async def _connect_direct(dsn: str) -> Any:
@@ -108,6 +113,19 @@ class PostgresDatabase(_Runner):
         self._reconnecting: asyncio.Task[None] | None = None
 
     async def _run(self, method: str, sql: str, args: Sequence[Any]) -> Any:
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await self._run_once(method, sql, args)
+            except _CONNECTION_LOST:
+                # A connection died (server restart, terminated backend). A read is safe to run
+                # again — the pool replaces dead connections as it finds them; a write may or may
+                # not have committed, so its error goes up.
+                if attempt == READ_ATTEMPTS - 1 or sql.lstrip()[:6].upper() != "SELECT":
+                    raise
+                await asyncio.sleep(0)  # let the pool see the connections it lost
+        raise AssertionError("unreachable")
+
+    async def _run_once(self, method: str, sql: str, args: Sequence[Any]) -> Any:
         direct = self._direct
         if direct is None or self._direct_busy:
             return await getattr(self._pool, method)(sql, *args)
@@ -117,13 +135,9 @@ class PostgresDatabase(_Runner):
         self._direct_busy = True
         try:
             return await getattr(direct, method)(sql, *args)
-        except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-            # The held connection died (server restart, terminated backend). A read is safe to run
-            # again on the pool; a write may or may not have committed, so its error goes up.
+        except _CONNECTION_LOST:
             self._lose_direct(direct)
-            if sql.lstrip()[:6].upper() != "SELECT":
-                raise
-            return await getattr(self._pool, method)(sql, *args)
+            raise
         finally:
             self._direct_busy = False
 
