@@ -28,7 +28,7 @@ from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
 from fundaments.config import Settings
 from fundaments.errors import PermissionDenied, RoleError, UnknownUserError
-from fundaments.models import RequestContext, Role
+from fundaments.models import RequestContext, Role, storable_text
 from fundaments.store import Database, Executor, Row
 from fundaments.store import rbac as queries
 
@@ -546,6 +546,8 @@ class AccessControl:
             not isinstance(description, str) or len(description) > MAX_DESCRIPTION
         ):
             raise RoleError(f"a role description must be a string of at most {MAX_DESCRIPTION} characters")
+        if description is not None:  # NUL and lone surrogates: neither database stores them
+            description = storable_text(description)
         if name in parents:
             raise RoleError(f"inheritance cycle refused: {name} -> {name} (a role cannot inherit itself)")
         now = self._clock.now()

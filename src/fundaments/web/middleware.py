@@ -47,6 +47,7 @@ CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_TOKEN_LENGTH = 256  # longer cookie or header values are garbage, not tokens
+MAX_CLIENT_IP_LENGTH = 45  # the longest textual IPv6 address (INET6_ADDRSTRLEN - 1), as request_data
 DEVICE_COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: the OWASP device cookie outlives sessions
 USER_CACHE_SECONDS = 1.0  # how long an account read by the middleware is reused (DESIGN: <= 1 s)
 MAX_CACHED_USERS = 10_000
@@ -213,9 +214,12 @@ class SecurityMiddleware:
         cookie_names = self._cookie_names(scope, headers)
         cookies = cookie_parser(headers.get("cookie", ""))
         client = scope.get("client")
+        client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
         ctx = WebContext(
             security=self.security,
-            client_ip=client[0] if client else "0.0.0.0",  # noqa: S104 - no peer (in-process tests)
+            # A forwarded "address" longer than any IP is garbage from the proxy's header: keep it
+            # bounded (request_data refuses longer ones with ValueError, which would be a 500).
+            client_ip=client_ip[:MAX_CLIENT_IP_LENGTH],
             user_agent=headers.get("user-agent", ""),
             cookies=cookie_names,
             device_token=_plausible_token(cookies.get(cookie_names.device)),
