@@ -227,17 +227,24 @@ class Pbkdf2Sha256Hasher(Hasher):
     def handles(self, encoded: str) -> bool:
         return encoded.startswith("$pbkdf2-sha256$")
 
+    _pattern = _PASSLIB_PBKDF2
+
     def _parse(self, encoded: str) -> tuple[int, bytes, bytes] | None:
-        match = _PASSLIB_PBKDF2.match(encoded)
+        """(iterations, salt, digest), or None for anything malformed or beyond the bounds."""
+        match = self._pattern.match(encoded)
         if match is None:
             return None
         iterations = int(match["i"])
         if iterations > MAX_PBKDF2_ITERATIONS:
             return None
         try:
-            return iterations, _ab64_decode(match["salt"]), _ab64_decode(match["hash"])
+            return iterations, *self._salt_and_digest(match)
         except (binascii.Error, ValueError):
             return None
+
+    @staticmethod
+    def _salt_and_digest(match: re.Match[str]) -> tuple[bytes, bytes]:
+        return _ab64_decode(match["salt"]), _ab64_decode(match["hash"])
 
     def is_valid(self, encoded: str) -> bool:
         parsed = self._parse(encoded)
@@ -273,17 +280,11 @@ class DjangoPbkdf2Sha256Hasher(Pbkdf2Sha256Hasher):
     def handles(self, encoded: str) -> bool:
         return encoded.startswith("pbkdf2_sha256$")
 
-    def _parse(self, encoded: str) -> tuple[int, bytes, bytes] | None:
-        match = _DJANGO_PBKDF2.match(encoded)
-        if match is None:
-            return None
-        iterations = int(match["i"])
-        if iterations > MAX_PBKDF2_ITERATIONS:
-            return None
-        try:
-            return iterations, match["salt"].encode("utf-8"), base64.b64decode(match["hash"], validate=True)
-        except (binascii.Error, ValueError):
-            return None
+    _pattern = _DJANGO_PBKDF2
+
+    @staticmethod
+    def _salt_and_digest(match: re.Match[str]) -> tuple[bytes, bytes]:
+        return match["salt"].encode("utf-8"), base64.b64decode(match["hash"], validate=True)
 
     def encode(self, password: str) -> str:
         raise NotImplementedError("Django PBKDF2 hashes are verified and upgraded, never created")
