@@ -110,13 +110,13 @@ def require_permission(permission: str) -> Callable[[Request], Awaitable[User]]:
 
 
 # --- Starlette route decorators ---------------------------------------------------------------
-def login_required(endpoint: Endpoint) -> Endpoint:
-    """A Starlette endpoint that answers 401 JSON unless the request is authenticated."""
+def _guarded(endpoint: Endpoint, check: Callable[[Request], Awaitable[object]]) -> Endpoint:
+    """``endpoint`` behind ``check``: its HTTPException (401/403) becomes a JSON answer."""
 
     @functools.wraps(endpoint)
     async def guarded(request: Request) -> Response:
         try:
-            await current_user(request)
+            await check(request)
         except HTTPException as exc:
             return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
         return await endpoint(request)
@@ -124,19 +124,12 @@ def login_required(endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
+def login_required(endpoint: Endpoint) -> Endpoint:
+    """A Starlette endpoint that answers 401 JSON unless the request is authenticated."""
+    return _guarded(endpoint, current_user)
+
+
 def permission_required(permission: str) -> Callable[[Endpoint], Endpoint]:
     """A Starlette endpoint that answers 401/403 JSON unless the user holds ``permission``."""
     check = require_permission(permission)
-
-    def decorate(endpoint: Endpoint) -> Endpoint:
-        @functools.wraps(endpoint)
-        async def guarded(request: Request) -> Response:
-            try:
-                await check(request)
-            except HTTPException as exc:
-                return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-            return await endpoint(request)
-
-        return guarded
-
-    return decorate
+    return lambda endpoint: _guarded(endpoint, check)
