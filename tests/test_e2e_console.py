@@ -149,9 +149,39 @@ class Browser:
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
-        page = self.driver.find_element("tag name", "html")
-        self.driver.find_element(by, element_id).click()
+        page = self._ready()
+        self._retry(lambda: self.driver.find_element(by, element_id).click())
         WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(page))
+        self._ready()
+
+    def _ready(self) -> Any:
+        """Wait until the current document has finished loading; return its root element."""
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        WebDriverWait(self.driver, 15).until(
+            lambda driver: driver.execute_script("return document.readyState") == "complete"
+        )
+        return self.driver.find_element("tag name", "html")
+
+    def _retry(self, action: Any) -> None:
+        """Run a DOM action, again if Chromium replaced the node under it (a known chromedriver race).
+
+        Chromium answers "Node with given id does not belong to the document" when an element
+        lookup and a document swap cross; the second attempt finds the element in the new document.
+        """
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+        for attempt in range(3):
+            try:
+                action()
+                return
+            except WebDriverException as error:  # StaleElementReferenceException is one
+                node_swapped = isinstance(error, StaleElementReferenceException) or (
+                    "does not belong to the document" in str(error)
+                )
+                if attempt == 2 or not node_swapped:
+                    raise
+                self._ready()
 
     @property
     def path(self) -> str:
@@ -172,9 +202,15 @@ class Browser:
 
     def login(self, username: str, password: str) -> None:
         self.open("/login")
-        self.driver.find_element("id", "username").clear()
-        self.driver.find_element("id", "username").send_keys(username)
-        self.driver.find_element("id", "password").send_keys(password)
+        self._ready()
+
+        def type_credentials() -> None:
+            self.driver.find_element("id", "username").clear()
+            self.driver.find_element("id", "username").send_keys(username)
+            self.driver.find_element("id", "password").clear()
+            self.driver.find_element("id", "password").send_keys(password)
+
+        self._retry(type_credentials)
         self.click("sign-in")
 
     def quit(self) -> None:
