@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -55,8 +54,7 @@ LAST_CHARACTERS = (
     "".join(c for c in ALPHABET if not SIXBITS[c] & 0x0F),
     "".join(c for c in ALPHABET if not SIXBITS[c] & 0x03),
 )
-# Below this many bytes the standard library's codec is faster than pybase64's per-call setup.
-FAST_CODEC_MIN_BYTES = 256
+ALTCHARS = b"-_"  # base64url's two characters in place of '+' and '/'
 
 
 def invalid_format() -> DecryptionError:
@@ -67,33 +65,37 @@ def authentication_failed() -> DecryptionError:
     return DecryptionError(AUTHENTICATION_FAILED)
 
 
-def _encode_stdlib(raw: bytes) -> str:
+def not_text() -> DecryptionError:
+    # Authenticated, so no oracle: the data was encrypted as bytes, not text.
+    return DecryptionError("decrypted data is not UTF-8 text; use decrypt_bytes")
+
+
+def _encode_stdlib(raw: bytes, altchars: bytes = ALTCHARS) -> str:
+    """The binascii fallback of pybase64.b64encode_as_string, for base64url (padded)."""
     return binascii.b2a_base64(raw, newline=False).translate(TO_URLSAFE).decode("ascii")
 
 
-def _decode_stdlib(text: str) -> bytes:
+def _decode_stdlib(text: str, altchars: bytes = ALTCHARS, validate: bool = True) -> bytes:
+    """The binascii fallback of pybase64.b64decode, for strict padded base64url."""
     return binascii.a2b_base64(text.encode("ascii").translate(FROM_URLSAFE), strict_mode=True)
 
 
-encode_large: Callable[[bytes], str]
-decode_large: Callable[[str], bytes]
-try:  # SIMD base64: 3-5x faster than binascii on anything longer than a short value
-    import pybase64
+# The codec of the hot path, always called b64encode(raw, ALTCHARS) / b64decode(text, ALTCHARS,
+# True): positional on purpose, since keyword arguments make pybase64 build a dict per call, which
+# costs more than encoding a short value (docs/performance.md). pybase64 also accepts '+' and '/'
+# with these altchars: non_canonical() rejects them before any decoding.
+b64encode: Callable[[bytes, bytes], str]
+b64decode: Callable[[str, bytes, bool], bytes]
+try:  # SIMD base64: 1.5-8x faster than binascii, which also needs a translate per call
+    from pybase64 import b64decode
+    from pybase64 import b64encode_as_string as b64encode
 except ImportError:  # pragma: no cover - the runtime dependency is normally installed
-    encode_large, decode_large = _encode_stdlib, _decode_stdlib
-else:
-    # C callables, no Python frame on the hot path. pybase64 also accepts '+' and '/' with these
-    # altchars: non_canonical() rejects them before any decoding.
-    encode_large = functools.partial(pybase64.b64encode_as_string, altchars=b"-_")
-    decode_large = functools.partial(pybase64.b64decode, altchars=b"-_", validate=True)
-
-encode_small, decode_small = _encode_stdlib, _decode_stdlib
+    b64encode, b64decode = _encode_stdlib, _decode_stdlib
 
 
 def encode(raw: bytes) -> str:
     """The envelope string of ``raw`` (which starts with MAGIC)."""
-    text = encode_small(raw) if len(raw) < FAST_CODEC_MIN_BYTES else encode_large(raw)
-    return text.rstrip("=")
+    return b64encode(raw, ALTCHARS).rstrip("=")
 
 
 def non_canonical(token: str) -> bool:
@@ -109,9 +111,8 @@ def decode(token: str) -> bytes:
     """The raw bytes of an envelope (MAGIC first); DecryptionError("invalid data format") if bad."""
     if not isinstance(token, str) or not token.startswith(PREFIX) or non_canonical(token):
         raise invalid_format()
-    padded = token + PADDING[len(token) % 4]
     try:
-        raw = decode_small(padded) if len(padded) < FAST_CODEC_MIN_BYTES else decode_large(padded)
+        raw = b64decode(token + PADDING[len(token) % 4], ALTCHARS, True)
     except ValueError:  # binascii.Error, UnicodeEncodeError
         raise invalid_format() from None
     if len(raw) < MIN_RAW_BYTES:

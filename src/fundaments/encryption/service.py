@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fundaments.encryption import envelope, stream
 from fundaments.encryption.envelope import (
+    ALTCHARS,
     EPOCH_ID_BYTES,
-    FAST_CODEC_MIN_BYTES,
     HEADER_END,
     HEADER_START,
     LAST_CHARACTERS,
@@ -34,14 +34,12 @@ from fundaments.encryption.envelope import (
     PADDING,
     PREFIX,
     authentication_failed,
-    decode_large,
-    decode_small,
-    encode_large,
-    encode_small,
+    b64decode,
+    b64encode,
     invalid_format,
 )
 from fundaments.encryption.keys import KEY_ID_BYTES, MasterKey, derive_master_key, envelope_subkey, file_key
-from fundaments.errors import ConfigurationError, DecryptionError
+from fundaments.errors import ConfigurationError
 
 EPOCH_MESSAGES = 2**16  # messages per epoch subkey; see the bound in docs/encryption.md
 SUBKEY_CACHE_SIZE = 4096  # decryption subkeys kept; a miss costs one HKDF (about 2 microseconds)
@@ -112,7 +110,7 @@ class EncryptionService:
         # The hot path is written out inline: on a short value each helper call costs about a
         # tenth of the AES-GCM call itself (bench/encryption.py).
         if isinstance(data, str):
-            data = data.encode("utf-8")
+            data = data.encode()  # UTF-8, the default: no codec lookup
         elif not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
         associated = None if context is None else envelope.aad(context)
@@ -123,8 +121,7 @@ class EncryptionService:
             sequence = next(epoch.counter)
         nonce = sequence.to_bytes(NONCE_BYTES, "big")
         raw = b"".join((epoch.header, nonce, epoch.aead.encrypt(nonce, data, associated)))
-        text = encode_small(raw) if len(raw) < FAST_CODEC_MIN_BYTES else encode_large(raw)
-        return text.rstrip("=")
+        return b64encode(raw, ALTCHARS).rstrip("=")
 
     def decrypt(self, token: Token, *, context: str | None = None) -> bytes:
         """The plaintext of an envelope or a PyFundaments record; DecryptionError on any failure."""
@@ -139,9 +136,8 @@ class EncryptionService:
         tail = len(token) % 4
         if token[-1] not in LAST_CHARACTERS[tail] or "+" in token or "/" in token:  # non_canonical()
             raise invalid_format()
-        padded = token + PADDING[tail]
         try:
-            raw = decode_small(padded) if len(padded) < FAST_CODEC_MIN_BYTES else decode_large(padded)
+            raw = b64decode(token + PADDING[tail], ALTCHARS, True)
         except ValueError:
             raise invalid_format() from None
         if len(raw) < MIN_RAW_BYTES:
@@ -159,8 +155,7 @@ class EncryptionService:
         try:
             return plaintext.decode("utf-8")
         except UnicodeDecodeError:
-            # Authenticated, so no oracle: the data was encrypted as bytes, not text.
-            raise DecryptionError("decrypted data is not UTF-8 text; use decrypt_bytes") from None
+            raise envelope.not_text() from None
 
     def reencrypt(self, token: Token, *, context: str | None = None) -> str:
         """The same plaintext in a new envelope under the current key; the plaintext never leaves."""
