@@ -6,12 +6,16 @@ construction is the same at the default 1 MiB.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from fundaments.encryption import AUTHENTICATION_FAILED, INVALID_FORMAT, EncryptionService, stream
+from fundaments.encryption.keys import file_key
 from fundaments.errors import DecryptionError
 
 KEY = "test-master-key-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -202,3 +206,37 @@ def test_segment_size_is_bounded() -> None:
         EncryptionService(KEY, SALT, file_segment_log2=stream.MAX_SEGMENT_LOG2 + 1)
     with pytest.raises(ValueError):
         stream.segment_nonce(b"\x00" * 7, stream.MAX_SEGMENTS, False)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("direction", ["encrypt", "decrypt"])
+def test_a_full_disk_on_the_writer_thread_reaches_the_caller(direction: str) -> None:
+    """Segments are written on a worker thread; a full disk (/dev/full: ENOSPC) must still surface,
+    stop the reading at once, and leave no thread behind."""
+    service = EncryptionService(KEY, SALT, file_segment_log2=16)
+    current = service._current
+    data = os.urandom(64 << 16)  # 64 segments
+
+    def seal(source: io.BytesIO, out: stream.Writable) -> None:
+        stream.encrypt_stream(
+            source, out, key_id=current.key_id, make_key=lambda salt: file_key(current, salt), segment_log2=16
+        )
+
+    sealed = io.BytesIO()
+    seal(io.BytesIO(data), sealed)
+    reads: list[int] = []
+
+    class CountingReader(io.BytesIO):
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            reads.append(n := super().readinto(buffer))
+            return n
+
+    threads_before = threading.active_count()
+    with pytest.raises(OSError) as caught, open("/dev/full", "wb") as full:
+        if direction == "encrypt":
+            seal(CountingReader(data), full)
+        else:
+            stream.decrypt_stream(CountingReader(sealed.getvalue()), full, lookup_key=service._file_key)
+    assert caught.value.errno == errno.ENOSPC
+    assert len(reads) < 8, "kept reading after the disk was full"
+    assert threading.active_count() == threads_before
