@@ -197,6 +197,26 @@ def _read_ahead(source: Readable, size: int) -> Iterator[_ReadAhead]:
         reader.close()
 
 
+def _segments(reader: _ReadAhead, size: int) -> Iterator[tuple[int, memoryview, bool]]:
+    """``(index, segment, last)`` in file order, one segment read ahead.
+
+    A full segment is the last one only if nothing follows it, hence the read-ahead. Each segment's
+    view is released and its buffer handed back to the reader when the caller asks for the next.
+    """
+    current, filled = reader.next()
+    index = 0
+    while True:
+        following, ahead = reader.next() if filled == size else (None, 0)
+        last = ahead == 0
+        with memoryview(current)[:filled] as segment:
+            yield index, segment, last
+        reader.release(current)
+        if following is None or last:
+            return
+        current, filled = following, ahead
+        index += 1
+
+
 @contextmanager
 def _write_behind(out: Writable, size: int) -> Iterator[_WriteBehind]:
     writer = _WriteBehind(out, size)
@@ -240,30 +260,19 @@ def encrypt_stream(
     aead = make_key(salt)
     out.write(header)
     size = 1 << segment_log2
-    done = index = 0
+    done = 0
     with _read_ahead(source, size) as reader, _write_behind(out, size + TAG_BYTES) as writer:
-        current, filled = reader.next()
-        while True:
-            # A full segment is the last one only if nothing follows it: read ahead to know.
-            following, ahead = reader.next() if filled == size else (None, 0)
-            last = ahead == 0
+        for index, plaintext, last in _segments(reader, size):
+            sealed, length = writer.buffer(), len(plaintext) + TAG_BYTES
             nonce = segment_nonce(prefix, index, last)
-            sealed = writer.buffer()
-            plaintext = memoryview(current)[:filled]
             if IN_PLACE:
-                aead.encrypt_into(nonce, plaintext, header, sealed[: filled + TAG_BYTES])
+                aead.encrypt_into(nonce, plaintext, header, sealed[:length])
             else:  # pragma: no cover - cryptography < 45
-                sealed[: filled + TAG_BYTES] = aead.encrypt(nonce, plaintext, header)
-            plaintext.release()
-            reader.release(current)
-            writer.write(sealed, filled + TAG_BYTES)
-            done += filled
+                sealed[:length] = aead.encrypt(nonce, plaintext, header)
+            writer.write(sealed, length)
+            done += len(plaintext)
             if progress is not None:
                 progress(done, total)
-            if following is None or last:
-                return
-            current, filled = following, ahead
-            index += 1
 
 
 def decrypt_stream(
@@ -284,34 +293,21 @@ def decrypt_stream(
         raise authentication_failed()
     size = (1 << segment_log2) + TAG_BYTES
     done = HEADER_BYTES
-    index = 0
     with _read_ahead(source, size) as reader, _write_behind(out, size - TAG_BYTES) as writer:
-        current, filled = reader.next()
-        while True:
-            if filled < TAG_BYTES:  # cut inside a tag, or no segment at all
+        for index, sealed, last in _segments(reader, size):
+            if len(sealed) < TAG_BYTES:  # cut inside a tag, or no segment at all
                 raise authentication_failed()
-            following, ahead = reader.next() if filled == size else (None, 0)
-            last = ahead == 0
-            opened = writer.buffer()
-            sealed = memoryview(current)[:filled]
+            opened, length = writer.buffer(), len(sealed) - TAG_BYTES
             try:
                 nonce = segment_nonce(prefix, index, last)
                 if IN_PLACE:
                     # The buffer may hold unverified bytes if the tag fails; they never leave it.
-                    aead.decrypt_into(nonce, sealed, header_bytes, opened[: filled - TAG_BYTES])
+                    aead.decrypt_into(nonce, sealed, header_bytes, opened[:length])
                 else:  # pragma: no cover - cryptography < 45
-                    plaintext = aead.decrypt(nonce, sealed, header_bytes)
-                    opened[: len(plaintext)] = plaintext
+                    opened[:length] = aead.decrypt(nonce, sealed, header_bytes)
             except (InvalidTag, ValueError):
                 raise authentication_failed() from None
-            finally:
-                sealed.release()
-            reader.release(current)
-            writer.write(opened, filled - TAG_BYTES)  # only authenticated plaintext is ever written
-            done += filled
+            writer.write(opened, length)  # only authenticated plaintext is ever written
+            done += len(sealed)
             if progress is not None:
                 progress(done, total)
-            if following is None or last:
-                return
-            current, filled = following, ahead
-            index += 1
