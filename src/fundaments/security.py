@@ -15,7 +15,6 @@ from fundaments.access_control import AccessControl
 from fundaments.audit import AuditTrail, ChainVerification
 from fundaments.config import Settings
 from fundaments.encryption import EncryptionService, FilePath, Progress, Token, run_file_job
-from fundaments.encryption.envelope import not_text
 from fundaments.errors import (
     AuthenticationError,
     DecryptionError,
@@ -120,13 +119,7 @@ class Security:
         unknown key or another context, or was changed.
         """
         try:
-            # decrypt + decode here rather than EncryptionService.decrypt_text: one call less on
-            # the hot path (bench/encryption.py).
-            plaintext = (self._encryption or self._require_encryption()).decrypt(token, context=context)
-            try:
-                return plaintext.decode()  # UTF-8, the default: no codec lookup
-            except UnicodeDecodeError:
-                raise not_text() from None
+            return (self._encryption or self._require_encryption()).decrypt_text(token, context=context)
         except DecryptionError as exc:
             self._decrypt_failed("decrypt_data", exc)
             raise
