@@ -65,11 +65,6 @@ def authentication_failed() -> DecryptionError:
     return DecryptionError(AUTHENTICATION_FAILED)
 
 
-def not_text() -> DecryptionError:
-    # Authenticated, so no oracle: the data was encrypted as bytes, not text.
-    return DecryptionError("decrypted data is not UTF-8 text; use decrypt_bytes")
-
-
 def _encode_stdlib(raw: bytes, altchars: bytes = ALTCHARS) -> str:
     """The binascii fallback of pybase64.b64encode_as_string, for base64url (padded)."""
     return binascii.b2a_base64(raw, newline=False).translate(TO_URLSAFE).decode("ascii")

@@ -39,7 +39,7 @@ from fundaments.encryption.envelope import (
     invalid_format,
 )
 from fundaments.encryption.keys import KEY_ID_BYTES, MasterKey, derive_master_key, envelope_subkey, file_key
-from fundaments.errors import ConfigurationError
+from fundaments.errors import ConfigurationError, DecryptionError
 
 EPOCH_MESSAGES = 2**16  # messages per epoch subkey; see the bound in docs/encryption.md
 SUBKEY_CACHE_SIZE = 4096  # decryption subkeys kept; a miss costs one HKDF (about 2 microseconds)
@@ -155,7 +155,8 @@ class EncryptionService:
         try:
             return plaintext.decode("utf-8")
         except UnicodeDecodeError:
-            raise envelope.not_text() from None
+            # Authenticated, so no oracle: the data was encrypted as bytes, not text.
+            raise DecryptionError("decrypted data is not UTF-8 text; use decrypt_bytes") from None
 
     def reencrypt(self, token: Token, *, context: str | None = None) -> str:
         """The same plaintext in a new envelope under the current key; the plaintext never leaves."""
