@@ -102,7 +102,8 @@ class _WriteBehind:
     AES-GCM holds the GIL but ``write`` releases it, so the two overlap: on a machine where the
     cipher runs no faster than the disk, that is most of the difference to a plain copy
     (docs/performance.md). Two buffers take turns, so memory stays constant. A failed write is
-    raised in the caller at its next ``buffer()`` or at ``close()``; later segments are dropped.
+    raised in the caller at its next ``buffer()`` or when the ``with`` block ends; later segments
+    are dropped.
     """
 
     def __init__(self, out: Writable, size: int, buffers: int = 2) -> None:
@@ -124,10 +125,15 @@ class _WriteBehind:
     def write(self, view: memoryview, length: int) -> None:
         self._pending.put((view, length))
 
-    def close(self) -> None:
-        """Wait until every segment handed over is written (or dropped after an error)."""
+    def __enter__(self) -> _WriteBehind:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Also when the caller failed: no write may outlive the output file.
         self._pending.put(None)
-        self._thread.join()
+        self._thread.join()  # every segment handed over is written (or dropped after an error)
+        if exc_type is None:
+            self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -172,7 +178,10 @@ class _ReadAhead:
     def release(self, buffer: bytearray) -> None:
         self._free.put(buffer)
 
-    def close(self) -> None:
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self._stopping = True
         self._free.put(None)  # wakes the reader if it waits for a buffer
         self._thread.join()
@@ -186,15 +195,6 @@ class _ReadAhead:
                     return  # end of file
         except BaseException as exc:  # handed to the caller's thread
             self._ready.put(exc)
-
-
-@contextmanager
-def _read_ahead(source: Readable, size: int) -> Iterator[_ReadAhead]:
-    reader = _ReadAhead(source, size)
-    try:
-        yield reader
-    finally:
-        reader.close()
 
 
 def _segments(reader: _ReadAhead, size: int) -> Iterator[tuple[int, memoryview, bool]]:
@@ -215,16 +215,6 @@ def _segments(reader: _ReadAhead, size: int) -> Iterator[tuple[int, memoryview, 
             return
         current, filled = following, ahead
         index += 1
-
-
-@contextmanager
-def _write_behind(out: Writable, size: int) -> Iterator[_WriteBehind]:
-    writer = _WriteBehind(out, size)
-    try:
-        yield writer
-    finally:
-        writer.close()  # also when the caller failed: no write may outlive the output file
-    writer._raise_error()
 
 
 @contextmanager
@@ -261,7 +251,7 @@ def encrypt_stream(
     out.write(header)
     size = 1 << segment_log2
     done = 0
-    with _read_ahead(source, size) as reader, _write_behind(out, size + TAG_BYTES) as writer:
+    with _ReadAhead(source, size) as reader, _WriteBehind(out, size + TAG_BYTES) as writer:
         for index, plaintext, last in _segments(reader, size):
             sealed, length = writer.buffer(), len(plaintext) + TAG_BYTES
             nonce = segment_nonce(prefix, index, last)
@@ -293,7 +283,7 @@ def decrypt_stream(
         raise authentication_failed()
     size = (1 << segment_log2) + TAG_BYTES
     done = HEADER_BYTES
-    with _read_ahead(source, size) as reader, _write_behind(out, size - TAG_BYTES) as writer:
+    with _ReadAhead(source, size) as reader, _WriteBehind(out, size - TAG_BYTES) as writer:
         for index, sealed, last in _segments(reader, size):
             if len(sealed) < TAG_BYTES:  # cut inside a tag, or no segment at all
                 raise authentication_failed()
