@@ -69,18 +69,20 @@ def bench_values(security: Security, rounds: int) -> None:
         # made moments apart, so the median of those ratios holds still on a machine whose speed
         # drifts (a shared VM moved single best-of rates by up to 2x); the rates shown are the best.
         number = 2_000
-        names = ("bare, random nonce", "bare, fixed nonce", "envelope", "envelope + context")
-        functions = (bare_random_nonce, bare_fixed_nonce, envelope, envelope_context)
-        best: dict[str, float] = dict.fromkeys(names, 0.0)
+        timed = {
+            "bare, random nonce": bare_random_nonce,
+            "bare, fixed nonce": bare_fixed_nonce,
+            "envelope": envelope,
+            "envelope + context": envelope_context,
+        }
+        order = list(timed)
+        best: dict[str, float] = dict.fromkeys(order, 0.0)
         ratios: dict[str, list[float]] = {"random": [], "fixed": [], "context": []}
         for round_number in range(rounds * 20):
-            shift = round_number % len(names)
+            shift = round_number % len(order)
             rate: dict[str, float] = {}
-            for name, fn in (
-                list(zip(names, functions, strict=True))[shift:]
-                + list(zip(names, functions, strict=True))[:shift]
-            ):
-                rate[name] = best_rate(fn, number)
+            for name in order[shift:] + order[:shift]:
+                rate[name] = best_rate(timed[name], number)
                 best[name] = max(best[name], rate[name])
             ratios["random"].append(rate["envelope"] / rate["bare, random nonce"])
             ratios["fixed"].append(rate["envelope"] / rate["bare, fixed nonce"])
