@@ -349,20 +349,34 @@ class SessionManager:
             "request_user_agent": ctx.user_agent,
         }
 
+    async def _record_about(
+        self,
+        row: LookupRow,
+        ctx: RequestContext,
+        kind: str,
+        details: Mapping[str, Any],
+        *,
+        tx: Executor | None = None,
+        outcome: str = "success",
+    ) -> None:
+        """An audit event about the looked-up session ``row``: its owner, its id, this client."""
+        await self._audit.record(
+            kind,
+            outcome=outcome,
+            tx=tx,
+            subject_user_id=row[_USER_ID],
+            username=row[_USERNAME],
+            client=ctx,
+            session_id=row[_ID],
+            details=details,
+        )
+
     async def _expire(self, token_hash: bytes, row: LookupRow, reason: str, ctx: RequestContext) -> None:
         self._forget_hashes([token_hash])
         async with self._db.transaction() as tx:
             if await queries.delete_by_hash(tx, token_hash) is None:
                 return  # another request got there first
-            await self._audit.record(
-                "session.expired",
-                tx=tx,
-                subject_user_id=row[_USER_ID],
-                username=row[_USERNAME],
-                client=ctx,
-                session_id=row[_ID],
-                details={"reason": reason},
-            )
+            await self._record_about(row, ctx, "session.expired", {"reason": reason}, tx=tx)
 
     async def _hijack(
         self, token_hash: bytes, row: LookupRow, ctx: RequestContext, mismatch: list[str]
@@ -371,15 +385,13 @@ class SessionManager:
         async with self._db.transaction() as tx:
             if await queries.delete_by_hash(tx, token_hash) is None:
                 return
-            await self._audit.record(
+            await self._record_about(
+                row,
+                ctx,
                 "session.hijack_suspected",
-                outcome="failure",
+                {"binding": self._binding, "action": "revoked", **self._clients(row, ctx, mismatch)},
                 tx=tx,
-                subject_user_id=row[_USER_ID],
-                username=row[_USERNAME],
-                client=ctx,
-                session_id=row[_ID],
-                details={"binding": self._binding, "action": "revoked", **self._clients(row, ctx, mismatch)},
+                outcome="failure",
             )
         log.warning("session %s revoked: client changed (%s)", row[_ID], ", ".join(mismatch))
 
@@ -392,14 +404,12 @@ class SessionManager:
         if len(self._logged_mismatches) >= LOGGED_MISMATCHES_MAX:
             self._logged_mismatches.clear()
         self._logged_mismatches.add(key)
-        await self._audit.record(
+        await self._record_about(
+            row,
+            ctx,
             "session.hijack_suspected",
+            {"binding": "log", "action": "allowed", **self._clients(row, ctx, mismatch)},
             outcome="failure",
-            subject_user_id=row[_USER_ID],
-            username=row[_USERNAME],
-            client=ctx,
-            session_id=row[_ID],
-            details={"binding": "log", "action": "allowed", **self._clients(row, ctx, mismatch)},
         )
 
     async def _rotate_stale(self, token_hash: bytes, row: LookupRow, ctx: RequestContext) -> Session | None:
@@ -410,18 +420,16 @@ class SessionManager:
             updated = await queries.rotate_if_stale(tx, token_hash, new_hash, self._clock.now())
             if updated is None:
                 return None  # revoked or rotated by a concurrent request: the presented token is dead
-            await self._audit.record(
+            await self._record_about(
+                row,
+                ctx,
                 "session.rotated",
-                tx=tx,
-                subject_user_id=row[_USER_ID],
-                username=row[_USERNAME],
-                client=ctx,
-                session_id=row[_ID],
-                details={
+                {
                     "reason": "privilege_change",
                     "from_epoch": row[_EPOCH],
                     "to_epoch": int(updated["privilege_epoch"]),
                 },
+                tx=tx,
             )
         return _session(updated, token=new_token, rotated_token=new_token, username=row[_USERNAME])
 
