@@ -240,3 +240,18 @@ def test_a_full_disk_on_the_writer_thread_reaches_the_caller(direction: str) -> 
     assert caught.value.errno == errno.ENOSPC
     assert len(reads) < 8, "kept reading after the disk was full"
     assert threading.active_count() == threads_before
+
+
+@pytest.mark.parametrize("tampered", [0, 1, 3])
+def test_the_writer_receives_only_segments_that_authenticated(
+    service: EncryptionService, tmp_path: Path, tampered: int
+) -> None:
+    """Segments before a tampered one are written; nothing of it or after it ever reaches ``out``
+    (AES-GCM opens into the writer's buffer, which is handed over only after the tag verified)."""
+    data = os.urandom(5 * SEGMENT)
+    sealed = bytearray(encrypt(service, tmp_path, data))
+    sealed[HEADER + tampered * SEALED + 3] ^= 0x01
+    out = io.BytesIO()
+    with pytest.raises(DecryptionError, match=AUTHENTICATION_FAILED):
+        stream.decrypt_stream(io.BytesIO(bytes(sealed)), out, lookup_key=service._file_key)
+    assert out.getvalue() == data[: tampered * SEGMENT]
