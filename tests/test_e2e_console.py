@@ -109,6 +109,15 @@ class Server:
         return "".join(self.lines)
 
 
+def _node_swapped(error: Exception) -> bool:
+    """True if a WebDriver error means the element's document was replaced (a stale element)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return isinstance(error, StaleElementReferenceException) or (
+        "does not belong to the document" in str(error)
+    )
+
+
 class Browser:
     """One headless Chromium with its own profile: a separate browser context."""
 
@@ -146,13 +155,29 @@ class Browser:
 
     def click(self, element_id: str, by: str = "id") -> None:
         """Click a submit button and wait until the next page has replaced this one."""
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
         page = self._ready()
         self._retry(lambda: self.driver.find_element(by, element_id).click())
-        WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(page))
+        WebDriverWait(self.driver, 15).until(lambda driver: self._replaced(page))
         self._ready()
+
+    @staticmethod
+    def _replaced(page: Any) -> bool:
+        """True once ``page`` (a document's root element) belongs to a document no longer shown.
+
+        Selenium's ``staleness_of`` expects StaleElementReferenceException; Chromium may instead
+        answer "Node with given id does not belong to the document" for the same state.
+        """
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            page.is_enabled()
+        except WebDriverException as error:
+            if _node_swapped(error):
+                return True
+            raise
+        return False
 
     def _ready(self) -> Any:
         """Wait until the current document has finished loading; return its root element."""
@@ -169,17 +194,14 @@ class Browser:
         Chromium answers "Node with given id does not belong to the document" when an element
         lookup and a document swap cross; the second attempt finds the element in the new document.
         """
-        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+        from selenium.common.exceptions import WebDriverException
 
         for attempt in range(3):
             try:
                 action()
                 return
-            except WebDriverException as error:  # StaleElementReferenceException is one
-                node_swapped = isinstance(error, StaleElementReferenceException) or (
-                    "does not belong to the document" in str(error)
-                )
-                if attempt == 2 or not node_swapped:
+            except WebDriverException as error:
+                if attempt == 2 or not _node_swapped(error):
                     raise
                 self._ready()
 
