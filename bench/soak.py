@@ -51,12 +51,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-# bench/http.py would shadow the standard library's http package that httpx imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-import psutil  # noqa: E402
+import asyncpg
+import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("FUNDAMENTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -251,7 +251,7 @@ class SecurityMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                # Raw header lists, not MutableHeaders: this runs on every response (bench/http.py).
+                # Raw header lists, not MutableHeaders: this runs on every response (bench/web.py).
                 raw = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in raw}
                 raw.extend(h for h in self._raw_headers if h[0] not in present)

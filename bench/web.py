@@ -1,6 +1,6 @@
 """What SecurityMiddleware costs: an authenticated GET through it vs the same route without it.
 
-    python bench/http.py [--seconds 10] [--connections 32]
+    python bench/web.py [--seconds 10] [--connections 32]
 
 Each variant is served by one uvicorn worker in its own process (SQLite, real settings), the load
 comes from another process on loopback: wrk (Debian's package) when it is installed, else an
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-USER_AGENT = "bench/http"
+USER_AGENT = "bench/web"
 PASSWORD = "correct horse battery staple"
 
 
@@ -194,7 +194,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # This file is named http.py: take its folder off the path so `import http.client` (urllib,
-    # httpx, uvicorn) finds the standard library's package, not this script.
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE.parent]
     main()
