@@ -176,8 +176,8 @@ def test_non_canonical_spellings_are_rejected(service_a: EncryptionService) -> N
 def test_both_base64_codecs_agree() -> None:
     for size in (0, 1, 2, 3, 47, 48, 49, 255, 256, 257, 5000):
         raw = os.urandom(size)
-        text = envelope._encode_stdlib(raw)
-        assert envelope.b64encode(raw, envelope.ALTCHARS) == text
+        text = envelope._encode_stdlib(raw).decode()
+        assert envelope.b64encode(raw, envelope.ALTCHARS).decode() == text
         assert envelope._decode_stdlib(text) == raw == envelope.b64decode(text, envelope.ALTCHARS, True)
     # ('+' and '/' are left to envelope.non_canonical, which runs before either decoder.)
     for bad in ("QUF", "QUFB\u00e9", "QU B", "QQ==QUFB", "QUFBQ"):

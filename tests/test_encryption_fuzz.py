@@ -71,6 +71,29 @@ def test_an_envelope_that_parses_has_exactly_one_spelling(token: str) -> None:
     assert envelope.encode(raw) == token
 
 
+@settings(max_examples=2000, deadline=None)
+@given(text=st.text(ENVELOPE_CHARS, max_size=200) | st.text(max_size=50))
+@example(text="QUFB==")
+@example(text="QQ==QUFB")
+@example(text="QU B")
+@example(text="QUFBQ")
+def test_the_native_codec_decodes_exactly_as_strict_binascii(text: str) -> None:
+    """fastpybase64 (native, parses attacker input) against the standard library's strict decoder.
+
+    Outside '+' and '/' (which the native codec accepts like the standard library does, and
+    envelope.non_canonical rejects first), both give the same bytes or both refuse.
+    """
+    assume("+" not in text and "/" not in text)
+
+    def outcome(decoder: object) -> bytes | None:
+        try:
+            return decoder(text, envelope.ALTCHARS, True)  # type: ignore[operator,no-any-return]
+        except ValueError:  # binascii.Error, UnicodeEncodeError
+            return None
+
+    assert outcome(envelope.b64decode) == outcome(envelope._decode_stdlib)
+
+
 @settings(max_examples=500, deadline=None)
 @given(token=st.binary())
 def test_any_bytes_token_raises_only_decryption_error(token: bytes) -> None:

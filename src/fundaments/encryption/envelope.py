@@ -65,32 +65,35 @@ def authentication_failed() -> DecryptionError:
     return DecryptionError(AUTHENTICATION_FAILED)
 
 
-def _encode_stdlib(raw: bytes, altchars: bytes = ALTCHARS) -> str:
-    """The binascii fallback of pybase64.b64encode_as_string, for base64url (padded)."""
-    return binascii.b2a_base64(raw, newline=False).translate(TO_URLSAFE).decode("ascii")
+def _encode_stdlib(raw: bytes, altchars: bytes = ALTCHARS) -> bytes:
+    """The binascii fallback of fastpybase64.b64encode, for base64url (padded)."""
+    return binascii.b2a_base64(raw, newline=False).translate(TO_URLSAFE)
 
 
 def _decode_stdlib(text: str, altchars: bytes = ALTCHARS, validate: bool = True) -> bytes:
-    """The binascii fallback of pybase64.b64decode, for strict padded base64url."""
+    """The binascii fallback of fastpybase64.b64decode, for strict padded base64url."""
     return binascii.a2b_base64(text.encode("ascii").translate(FROM_URLSAFE), strict_mode=True)
 
 
 # The codec of the hot path, always called b64encode(raw, ALTCHARS) / b64decode(text, ALTCHARS,
-# True): positional on purpose, since keyword arguments make pybase64 build a dict per call, which
-# costs more than encoding a short value (docs/performance.md). pybase64 also accepts '+' and '/'
-# with these altchars: non_canonical() rejects them before any decoding.
-b64encode: Callable[[bytes, bytes], str]
+# True), the standard library's call shape. fastpybase64 binds simdutf (Node.js's base64), which
+# has the base64url alphabet built in: no translation pass, and no argument dict per call. It
+# returns exactly what the standard library would, falling back to it for anything unusual; like
+# the standard library it also accepts '+' and '/' with these altchars, so non_canonical() rejects
+# them before any decoding. Measured in docs/performance.md (2026-11-30, third machine).
+b64encode: Callable[[bytes, bytes], bytes]
 b64decode: Callable[[str, bytes, bool], bytes]
-try:  # SIMD base64: 1.5-8x faster than binascii, which also needs a translate per call
-    from pybase64 import b64decode
-    from pybase64 import b64encode_as_string as b64encode
+try:  # 4-5x faster than pybase64 at 1 KiB, whose altchars cost an extra pass both ways
+    import fastpybase64
 except ImportError:  # pragma: no cover - the runtime dependency is normally installed
     b64encode, b64decode = _encode_stdlib, _decode_stdlib
+else:
+    b64encode, b64decode = fastpybase64.b64encode, fastpybase64.b64decode
 
 
 def encode(raw: bytes) -> str:
     """The envelope string of ``raw`` (which starts with MAGIC)."""
-    return b64encode(raw, ALTCHARS).rstrip("=")
+    return b64encode(raw, ALTCHARS).decode().rstrip("=")
 
 
 def non_canonical(token: str) -> bool:

@@ -121,7 +121,7 @@ class EncryptionService:
             sequence = next(epoch.counter)
         nonce = sequence.to_bytes(NONCE_BYTES, "big")
         raw = b"".join((epoch.header, nonce, epoch.aead.encrypt(nonce, data, associated)))
-        return b64encode(raw, ALTCHARS).rstrip("=")
+        return b64encode(raw, ALTCHARS).decode().rstrip("=")
 
     def decrypt(self, token: Token, *, context: str | None = None) -> bytes:
         """The plaintext of an envelope or a PyFundaments record; DecryptionError on any failure."""
