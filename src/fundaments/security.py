@@ -22,7 +22,16 @@ from fundaments.errors import (
     ServiceUnavailable,
     UnknownUserError,
 )
-from fundaments.models import AuditEvent, LoginFailure, LoginResult, RequestContext, Role, Session, User
+from fundaments.models import (
+    MAX_IP_LENGTH,
+    AuditEvent,
+    LoginFailure,
+    LoginResult,
+    RequestContext,
+    Role,
+    Session,
+    User,
+)
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Transaction
 from fundaments.store.reencrypt import (
@@ -39,6 +48,7 @@ from fundaments.user_handler import UserHandler
 # The value types surfaces need, re-exported: the web layer, the CLI and app/ import nothing below
 # this module but config and errors (import-linter contract in pyproject.toml).
 __all__ = [
+    "MAX_IP_LENGTH",
     "AuditEvent",
     "ChainVerification",
     "LoginFailure",

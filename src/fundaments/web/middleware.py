@@ -38,7 +38,7 @@ from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from fundaments.security import Security, Session, User
+from fundaments.security import MAX_IP_LENGTH, Security, Session, User
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_TOKEN_LENGTH = 256  # longer cookie or header values are garbage, not tokens
-MAX_CLIENT_IP_LENGTH = 45  # the longest textual IPv6 address (INET6_ADDRSTRLEN - 1), as request_data
 DEVICE_COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: the OWASP device cookie outlives sessions
 USER_CACHE_SECONDS = 1.0  # how long an account read by the middleware is reused (DESIGN: <= 1 s)
 MAX_CACHED_USERS = 10_000
@@ -219,7 +218,7 @@ class SecurityMiddleware:
             security=self.security,
             # A forwarded "address" longer than any IP is garbage from the proxy's header: keep it
             # bounded (request_data refuses longer ones with ValueError, which would be a 500).
-            client_ip=client_ip[:MAX_CLIENT_IP_LENGTH],
+            client_ip=client_ip[:MAX_IP_LENGTH],
             user_agent=headers.get("user-agent", ""),
             cookies=cookie_names,
             device_token=_plausible_token(cookies.get(cookie_names.device)),
