@@ -35,7 +35,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from conftest import TEST_MASTER_KEY, TEST_SALT
 from fundaments import initialize_fundaments
 from fundaments.bootstrap import Fundaments
 from fundaments.cli import app as cli_app
@@ -49,6 +48,7 @@ from fundaments.errors import (
     UserExistsError,
 )
 from fundaments.web import SecurityMiddleware, csrf_token, csrf_token_for, login, login_required
+from test_cli_admin import cli_environment
 
 # FUNDAMENTS_FUZZ_EXAMPLES raises the budget for a long run (docs/fuzzing.md); CI keeps the default.
 EXAMPLES = int(os.environ.get("FUNDAMENTS_FUZZ_EXAMPLES", "60"))
@@ -303,6 +303,28 @@ request_parts = st.fixed_dictionaries(
         "body": bodies,
     }
 )
+HEADER_PARTS = (
+    "cookie",
+    "authorization",
+    "origin",
+    "referer",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-csrf-token",
+    "user-agent",
+    "content-type",
+)
+# A POST to /private over https carrying the test's session cookie and no other header: the base of
+# the hand-written requests below, each naming only what it changes.
+SESSION_POST: dict[str, Any] = {
+    "method": "POST",
+    "path": "/private",
+    "scheme": "https",
+    "host": HOST.encode(),
+    "cookie": b"__Host-session=" + SESSION,
+    **dict.fromkeys(HEADER_PARTS[1:]),
+    "body": b"",
+}
 
 
 def drive(harness: Harness, parts: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -313,10 +335,7 @@ def drive(harness: Harness, parts: dict[str, Any]) -> tuple[int, list[tuple[byte
         return value.replace(SESSION, harness.token.encode()).replace(CSRF, csrf)
 
     headers = [(b"host", parts["host"])]
-    for name in ("cookie", "authorization", "origin", "referer", "x-forwarded-for", "x-forwarded-proto"):
-        if parts[name] is not None:
-            headers.append((name.encode(), fill(parts[name])))
-    for name in ("x-csrf-token", "user-agent", "content-type"):
+    for name in HEADER_PARTS:
         if parts[name] is not None:
             headers.append((name.encode(), fill(parts[name])))
     body = fill(parts["body"])
@@ -358,38 +377,11 @@ def drive(harness: Harness, parts: dict[str, Any]) -> tuple[int, list[tuple[byte
 
 @FUZZ
 @given(parts=request_parts)
+@example(parts={**SESSION_POST, "referer": b"http://[", "x-csrf-token": CSRF})
 @example(
     parts={
-        "method": "POST",
-        "path": "/private",
-        "scheme": "https",
-        "host": HOST.encode(),
-        "cookie": b"__Host-session=" + SESSION,
-        "authorization": None,
-        "origin": None,
-        "referer": b"http://[",
-        "x-forwarded-for": None,
-        "x-forwarded-proto": None,
-        "x-csrf-token": CSRF,
-        "user-agent": None,
-        "content-type": None,
-        "body": b"",
-    }
-)
-@example(
-    parts={
-        "method": "POST",
-        "path": "/private",
-        "scheme": "https",
-        "host": HOST.encode(),
-        "cookie": b"__Host-session=" + SESSION,
-        "authorization": None,
+        **SESSION_POST,
         "origin": ORIGIN.encode(),
-        "referer": None,
-        "x-forwarded-for": None,
-        "x-forwarded-proto": None,
-        "x-csrf-token": None,
-        "user-agent": None,
         "content-type": b"multipart/form-data; boundary=B",
         "body": b"--B\r\nbroken",
     }
@@ -429,18 +421,10 @@ def test_csrf_form_bodies_of_same_origin_requests_never_cause_a_500(
     """The path where the middleware itself parses the form: same origin, a token expected, no header."""
     harness.token = harness.run(harness._login())
     parts = {
+        **SESSION_POST,
         "method": method,
-        "path": "/private",
-        "scheme": "https",
-        "host": HOST.encode(),
         "cookie": cookie,
-        "authorization": None,
         "origin": ORIGIN.encode(),
-        "referer": None,
-        "x-forwarded-for": None,
-        "x-forwarded-proto": None,
-        "x-csrf-token": None,
-        "user-agent": None,
         "content-type": content_type,
         "body": body,
     }
@@ -465,21 +449,7 @@ csv_texts = st.one_of(
 @pytest.fixture
 def import_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Iterator[Harness]:
     """The `fundaments` CLI's environment on this test's database, and a harness on the same one."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("MASTER_ENCRYPTION_KEY", "PERSISTENT_ENCRYPTION_SALT", "DATABASE_URL", "LOG_")):
-            monkeypatch.delenv(name)
-    environment = {
-        "DATABASE_URL": database_url,
-        "MASTER_ENCRYPTION_KEY": TEST_MASTER_KEY,
-        "PERSISTENT_ENCRYPTION_SALT": TEST_SALT,
-        "ARGON2_MEMORY_COST": "1024",
-        "ARGON2_TIME_COST": "1",
-        "PBKDF2_ITERATIONS": "1000",
-        "FUNDAMENTS_ENV_FILE": str(tmp_path / "absent.env"),
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
+    cli_environment(monkeypatch, tmp_path, database_url)
     from fundaments.config import load_settings
 
     h = Harness(lambda: load_settings())
