@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -172,29 +172,31 @@ async def bench_files(security: Security, size: int, rounds: int, workdir: Path)
         copy.unlink()
         return rate
 
+    growth = {"encrypt_file": 0, "decrypt_file": 0}
+
+    async def timed(name: str, operation: Callable[[], Awaitable[None]]) -> float:
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            await operation()
+            rate = size / (time.perf_counter() - start)
+        growth[name] = max(growth[name], rss.growth)
+        return rate
+
     # Each operation is paired with a plain copy of the same input file, made moments before or
     # after it (the order alternates by round); every timed run starts with no dirty pages pending.
     # This VM's disk stalls now and then for a second or more, in either run of a pair, so the
     # ratio shown is the median of the per-round ratios, with the best rates beside it.
     best = {"copy of plaintext": 0.0, "copy of sealed": 0.0, "encrypt_file": 0.0, "decrypt_file": 0.0}
     ratios: dict[str, list[float]] = {"encrypt_file": [], "decrypt_file": []}
-    growth = {"encrypt_file": 0, "decrypt_file": 0}
     for round_number in range(rounds):
         for name, operation, source, baseline in (
             ("encrypt_file", encrypt, src, "copy of plaintext"),
             ("decrypt_file", decrypt, sealed, "copy of sealed"),
         ):
             rate: dict[str, float] = {}
-            for step in ("copy", "operation") if round_number % 2 == 0 else ("operation", "copy"):
+            for step in (baseline, name) if round_number % 2 == 0 else (name, baseline):
                 os.sync()
-                if step == "copy":
-                    rate[baseline] = timed_copy(source)
-                    continue
-                with PeakRss() as rss:
-                    start = time.perf_counter()
-                    await operation()
-                    rate[name] = size / (time.perf_counter() - start)
-                growth[name] = max(growth[name], rss.growth)
+                rate[step] = timed_copy(source) if step == baseline else await timed(name, operation)
             for key, value in rate.items():
                 best[key] = max(best[key], value)
             ratios[name].append(rate[name] / rate[baseline])
