@@ -1,6 +1,6 @@
 """Regenerate migration 0001 from fundaments.store.tables (allowed only until the first release).
 
-    python scripts/regenerate_initial_migration.py
+python scripts/regenerate_initial_migration.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ target.unlink(missing_ok=True)
 with tempfile.TemporaryDirectory() as tmp:
     engine = create_engine(f"sqlite:///{Path(tmp) / 'empty.db'}")
     with engine.connect() as connection:
-        command.revision(alembic_config(connection), message="initial schema", autogenerate=True, rev_id="0001")
+        command.revision(
+            alembic_config(connection), message="initial schema", autogenerate=True, rev_id="0001"
+        )
 text = target.read_text()
 # Boolean defaults must be portable: sa.false() renders FALSE on PostgreSQL and 0 on SQLite.
 text = text.replace("server_default=sa.text('0')", "server_default=sa.false()")
