@@ -1,0 +1,57 @@
+"""The Security facade: the one API an application, the web layer and the CLI call.
+
+Every security action goes through here, so each chain (a login is always throttled, verified,
+regenerated, bound and audited) is written once, in one place. The services behind it are
+internal. ``Security`` is one class composed of one part per area, each in its own module (as
+redis-py composes its client from command groups); the parts share the injected services and
+hold no state of their own.
+"""
+
+from __future__ import annotations
+
+from fundaments.audit import ChainVerification
+from fundaments.models import (
+    MAX_IP_LENGTH,
+    AuditEvent,
+    LoginFailure,
+    LoginResult,
+    RequestContext,
+    Role,
+    Session,
+    User,
+)
+from fundaments.security._core import CORE_SERVICES
+from fundaments.security.access import AccessPart
+from fundaments.security.accounts import AccountsPart
+from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
+from fundaments.security.encryption import EncryptionPart
+from fundaments.security.key_rotation import KeyRotationPart
+from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
+from fundaments.store.reencrypt import ReencryptReport
+
+# The value types surfaces need, re-exported: the web layer, the CLI and app/ import nothing below
+# this package but config and errors (import-linter contract in pyproject.toml).
+__all__ = [
+    "CORE_SERVICES",
+    "MAX_AUDIT_PAGE",
+    "MAX_IP_LENGTH",
+    "MAX_SESSION_ID",
+    "AuditEvent",
+    "ChainVerification",
+    "LoginFailure",
+    "LoginResult",
+    "ReencryptReport",
+    "RequestContext",
+    "Role",
+    "Security",
+    "Session",
+    "User",
+]
+
+
+class Security(AccountsPart, SessionsPart, AccessPart, EncryptionPart, AuditPart, KeyRotationPart):
+    """One object for every security action. Build it with ``initialize_fundaments()``.
+
+    ``Security(services)`` with a core service missing raises
+    ``RuntimeError("Security manager failed to initialize: <service> missing")``.
+    """

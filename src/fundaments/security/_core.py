@@ -1,0 +1,88 @@
+"""What every part of the facade shares: the injected services and the argument checks.
+
+Each part of :class:`~fundaments.security.Security` (accounts, sessions, access, encryption,
+audit, key rotation) derives from :class:`SecurityCore` and holds no state of its own, as the
+command groups of redis-py's client do: the one ``Security`` object inherits them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fundaments.access_control import AccessControl
+from fundaments.audit import AuditTrail
+from fundaments.config import Settings
+from fundaments.encryption import EncryptionService
+from fundaments.errors import InvalidArgument, ServiceUnavailable
+from fundaments.sessions import SessionManager
+from fundaments.store import Database, Transaction
+from fundaments.user_handler import UserHandler
+
+CORE_SERVICES = ("user_handler", "sessions", "access_control")
+
+ENCRYPTION_UNAVAILABLE = (
+    "encryption is not configured: set MASTER_ENCRYPTION_KEY (at least 32 characters) and "
+    "PERSISTENT_ENCRYPTION_SALT (hex, at least 16 bytes); `fundaments keys generate` prints both"
+)
+
+
+def user_id_argument(value: object, name: str = "user_id") -> int:
+    """``value`` as a user id; InvalidArgument unless it is a positive 64-bit int."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise InvalidArgument(f"{name} must be a positive integer (a User.id), not {type(value).__name__}")
+    return value
+
+
+def optional_user_id(value: object, name: str) -> int | None:
+    return None if value is None else user_id_argument(value, name)
+
+
+def text_argument(value: object, name: str, max_length: int) -> str:
+    """``value`` if it is a non-empty string of at most ``max_length`` characters without NUL."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise InvalidArgument(f"{name} must be a non-empty string of at most {max_length} characters")
+    if "\x00" in value:  # PostgreSQL refuses NUL in text: say so instead of a driver error
+        raise InvalidArgument(f"{name} must not contain NUL characters")
+    return value
+
+
+class SecurityCore:
+    """The services behind the facade, as ``initialize_fundaments()`` injects them."""
+
+    def __init__(self, services: Mapping[str, Any]) -> None:
+        for name in CORE_SERVICES:
+            if services.get(name) is None:
+                raise RuntimeError(f"Security manager failed to initialize: {name} missing")
+        self._users: UserHandler = services["user_handler"]
+        self._sessions: SessionManager = services["sessions"]
+        self._access: AccessControl = services["access_control"]
+        self._encryption: EncryptionService | None = services.get("encryption")
+        self._audit: AuditTrail | None = services.get("audit")
+        self._db: Database | None = services.get("db")
+        self._settings: Settings | None = services.get("config")
+
+    @property
+    def encryption_available(self) -> bool:
+        return self._encryption is not None
+
+    def _require_encryption(self) -> EncryptionService:
+        if self._encryption is None:
+            raise ServiceUnavailable(ENCRYPTION_UNAVAILABLE)
+        return self._encryption
+
+    def _require_audit(self) -> AuditTrail:
+        if self._audit is None:
+            raise ServiceUnavailable(
+                "the audit trail is not running: build Security with initialize_fundaments()"
+            )
+        return self._audit
+
+    def _require_db(self) -> Database:
+        if self._db is None:
+            raise ServiceUnavailable("no database: build Security with initialize_fundaments()")
+        return self._db
+
+    def _transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._require_db().transaction()

@@ -1,0 +1,97 @@
+"""The access-control part of the facade: permission checks, roles and grants."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fundaments.models import RequestContext, Role
+from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
+
+
+class AccessPart(SecurityCore):
+    """RBAC: ``check_permission``, ``require_permission``, roles and grants."""
+
+    async def check_permission(self, user_id: Any, permission: Any) -> bool:
+        """True when the user holds ``permission`` (directly, by inheritance or by wildcard).
+
+        False — never an exception — for an unknown or disabled user, an unknown or malformed
+        permission, or arguments of the wrong type. A warm check is an in-memory set lookup.
+        """
+        return await self._access.check_permission(user_id, permission)
+
+    async def require_permission(
+        self,
+        user_id: Any,
+        permission: Any,
+        *,
+        request_data: RequestContext | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Return when the user holds ``permission``; else audit ``permission.denied`` (with the
+        client IP and User-Agent from ``request_data`` when given) and raise PermissionDenied."""
+        await self._access.require_permission(user_id, permission, request_data=request_data)
+
+    async def create_role(
+        self,
+        name: str,
+        permissions: Iterable[str] = (),
+        inherits: Iterable[str] = (),
+        description: str | None = None,
+        *,
+        actor_user_id: int | None = None,
+    ) -> Role:
+        """Create a role; RoleError for a bad or taken name, a bad permission or an unknown parent."""
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        return await self._access.create_role(
+            name, permissions, inherits, description, actor_user_id=actor_user_id
+        )
+
+    async def delete_role(self, name: str, *, actor_user_id: int | None = None) -> None:
+        """Delete a role: revoked from its holders, removed from roles inheriting it."""
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.delete_role(name, actor_user_id=actor_user_id)
+
+    async def set_role_permissions(
+        self, name: str, permissions: Iterable[str], *, actor_user_id: int | None = None
+    ) -> None:
+        """Replace a role's own permissions."""
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.set_role_permissions(name, permissions, actor_user_id=actor_user_id)
+
+    async def set_role_inherits(
+        self, name: str, inherits: Iterable[str], *, actor_user_id: int | None = None
+    ) -> None:
+        """Replace the roles a role inherits; RoleError naming the cycle if one would form."""
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.set_role_inherits(name, inherits, actor_user_id=actor_user_id)
+
+    async def grant_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
+        """Grant a role (audited; the user's sessions rotate at their next request); False if the
+        user already held it."""
+        user_id = user_id_argument(user_id)
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        changed = await self._access.grant_role(user_id, role, actor_user_id=actor_user_id)
+        self._sessions.invalidate_cache()  # rotation at once on this instance, within 1 s elsewhere
+        return changed
+
+    async def revoke_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
+        """Revoke a role (audited; sessions rotate); False if the user did not hold it."""
+        user_id = user_id_argument(user_id)
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        changed = await self._access.revoke_role(user_id, role, actor_user_id=actor_user_id)
+        self._sessions.invalidate_cache()
+        return changed
+
+    async def user_roles(self, user_id: int) -> list[str]:
+        """The roles granted to the user directly, sorted; UnknownUserError for an unknown id."""
+        user_id = user_id_argument(user_id)
+        return await self._access.user_roles(user_id)
+
+    async def user_permissions(self, user_id: int) -> frozenset[str]:
+        """The user's effective permissions (wildcards as granted); empty while disabled."""
+        user_id = user_id_argument(user_id)
+        return await self._access.user_permissions(user_id)
+
+    async def list_roles(self) -> list[Role]:
+        """Every role with its own permissions and parents, sorted by name."""
+        return await self._access.list_roles()

@@ -1,0 +1,154 @@
+"""The accounts part of the facade: registration, login, passwords, disabling and unlocking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from fundaments.errors import AuthenticationError, InvalidArgument, UnknownUserError
+from fundaments.models import LoginResult, RequestContext, Session, User
+from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
+
+
+class AccountsPart(SecurityCore):
+    """Accounts and the login chain (throttle, lock, verify, regenerate, bind, audit)."""
+
+    async def get_user(self, user_id: int) -> User | None:
+        """The account with this id, or None."""
+        user_id = user_id_argument(user_id)
+        return await self._users.get(user_id)
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        """The account with this username (compared in normalized form), or None."""
+        return await self._users.get_by_username(username)
+
+    async def list_users(self, *, limit: int = 100, offset: int = 0) -> list[User]:
+        """Accounts in id order, ``limit`` (at most 1,000) from ``offset``."""
+        return await self._users.list(limit, offset)
+
+    async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Clear the account's lock, failure count and backoff (audited ``account.unlocked``)."""
+        user_id = user_id_argument(user_id)
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._users.unlock(user_id, actor_user_id=actor_user_id)
+
+    async def register_user(
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        password_hash: str | None = None,
+        roles: Iterable[str] = (),
+        must_change_password: bool = False,
+        actor_user_id: int | None = None,
+    ) -> User:
+        """Create an account, with its initial roles, in one transaction.
+
+        Give either ``password`` (checked against the password policy, hashed off the event loop)
+        or ``password_hash`` (an existing PyFundaments/passlib, Django or Argon2 hash, imported as
+        is and upgraded at the first login). Raises PasswordPolicyError, InvalidUsernameError,
+        InvalidPasswordHashError, UserExistsError (also for a username that only differs in case
+        or Unicode form) or RoleError; nothing is written then.
+        """
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        if (password is None) == (password_hash is None):
+            raise InvalidArgument("register_user needs exactly one of password or password_hash")
+        role_names = [roles] if isinstance(roles, str) else list(roles)
+        if password is not None:
+            encoded = await self._users.prepare_password(password, username=username)
+        else:
+            assert password_hash is not None
+            encoded = self._users.validate_imported_hash(password_hash)
+        async with self._transaction() as tx:
+            user = await self._users.create(
+                tx, username, encoded, must_change_password=must_change_password, actor_user_id=actor_user_id
+            )
+            for role in role_names:
+                await self._access.grant_role(user.id, role, actor_user_id=actor_user_id, tx=tx)
+        return replace(user, roles=tuple(sorted(set(role_names))))
+
+    async def user_login(
+        self, username: str, password: str, request_data: RequestContext | Mapping[str, Any]
+    ) -> LoginResult:
+        """Log in: IP throttle → account lock → password check (off the loop) → hash upgrade →
+        a new session (never one from before: fixation) bound to this client → audit.
+
+        Truthy on success, with ``session.token`` (for the cookie) and ``device_token`` (the OWASP
+        device cookie: present it as ``request_data["device_token"]`` next time, so a lock caused
+        by someone else's guesses does not lock this device out). On failure ``reason`` says why
+        (LOCKED, THROTTLED, INVALID_CREDENTIALS, DISABLED, BUSY): for the application and the
+        audit trail; show the user one generic message. Raises ValueError for malformed
+        ``request_data``.
+        """
+        ctx = RequestContext.coerce(request_data)
+        check = await self._users.authenticate(username, password, ctx)  # throttle, lock, verify
+        if not check:
+            return LoginResult(reason=check.reason)
+        assert check.user is not None
+        async with self._transaction() as tx:  # everything a success changes, or nothing
+            device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
+            session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
+            await self._require_audit().record(
+                "login.succeeded",
+                tx=tx,
+                actor_user_id=check.user.id,
+                subject_user_id=check.user.id,
+                username=check.username,
+                ip_address=ctx.ip_address,
+                user_agent=ctx.user_agent,
+                session_id=session.id,
+                details={"hash_upgraded": check.upgraded_hash is not None},
+            )
+        return LoginResult(user=check.user, session=session, device_token=device_token)
+
+    async def change_password(
+        self, user_id: int, old_password: str, new_password: str, current_token: str | None = None
+    ) -> Session | None:
+        """Change a password after checking the current one; every other session of the user ends.
+
+        With ``current_token`` (the session making the change) that session survives with a new
+        token, returned here: set it as the cookie. Raises AuthenticationError for a wrong current
+        password, PasswordPolicyError for a new one that breaks the policy, UnknownUserError.
+        """
+        user_id = user_id_argument(user_id)
+        user = await self._users.get(user_id)
+        if user is None:
+            raise UnknownUserError(f"no account has id {user_id}")
+        if not await self._users.verify_password(user_id, old_password):
+            await self._require_audit().record(
+                "password.change_failed", outcome="failure", actor_user_id=user_id, subject_user_id=user_id
+            )
+            raise AuthenticationError("the current password is not correct")
+        encoded = await self._users.prepare_password(new_password, username=user.username)
+        current = await self._sessions.find(current_token) if current_token else None
+        if current is not None and current.user_id != user_id:
+            current = None  # a token of someone else never survives this user's password change
+        async with self._transaction() as tx:
+            await self._users.set_password(tx, user_id, encoded, actor_user_id=user_id)
+            await self._sessions.revoke_all(
+                user_id, tx=tx, except_session_id=current.id if current else None, reason="password_changed"
+            )
+            rotated = await self._sessions.rotate(tx, current.id) if current else None
+        self._sessions.invalidate_cache()
+        return rotated
+
+    async def disable_user(self, user_id: int, *, actor_user_id: int | None = None) -> int:
+        """Disable an account: it cannot log in, every session ends at once and its permission
+        checks answer False everywhere within a second. Returns how many sessions ended."""
+        user_id = user_id_argument(user_id)
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        async with self._transaction() as tx:
+            await self._access.invalidate_user(tx, user_id)  # first: the RBAC lock, then the user row
+            await self._users.set_disabled(tx, user_id, True, actor_user_id=actor_user_id)
+            ended = await self._sessions.revoke_all(user_id, tx=tx, reason="user_disabled")
+        self._sessions.invalidate_cache()
+        return ended
+
+    async def enable_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Re-enable a disabled account (audited ``user.enabled``); it logs in afresh."""
+        user_id = user_id_argument(user_id)
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        async with self._transaction() as tx:
+            await self._access.invalidate_user(tx, user_id)
+            await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
