@@ -1,4 +1,4 @@
-"""Regenerate migration 0001 from fundaments.store.tables (allowed only until the first release).
+"""Regenerate migration 0001 from fundaments.store.tables (history: 0001 is frozen since 0002 exists).
 
 python scripts/regenerate_initial_migration.py
 """

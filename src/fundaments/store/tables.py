@@ -57,6 +57,10 @@ users = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("username", String(254), nullable=False, unique=True),  # normalized: NFKC, casefold, trimmed
+    # The look-alike key of the username (Unicode TR 39 skeleton, marks removed): two accounts whose
+    # names look alike ("admin", "аdmin" with a Cyrillic а) cannot both exist. NULL on rows created
+    # before revision 0002 until start-up backfills them.
+    Column("username_skeleton", String(254), nullable=True, unique=True),
     Column("password_hash", Text, nullable=False),  # self-describing (PHC / modular crypt)
     Column("is_disabled", Boolean(create_constraint=False), nullable=False, server_default=false()),
     Column("must_change_password", Boolean(create_constraint=False), nullable=False, server_default=false()),
@@ -159,3 +163,14 @@ audit_events = Table(
 )
 Index(f"ix_{PREFIX}audit_events_subject", audit_events.c.subject_user_id, audit_events.c.id)
 Index(f"ix_{PREFIX}audit_events_kind", audit_events.c.kind, audit_events.c.id)
+
+audit_checkpoints = Table(  # the verified chain head every so often, MAC'ed with a server-held key
+    f"{PREFIX}audit_checkpoints",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", BigInteger, nullable=False, unique=True),  # the last event the checkpoint covers
+    Column("event_hash", String(64), nullable=False),  # that event's chain hash
+    Column("events", BigInteger, nullable=False),  # how many events the chain holds up to event_id
+    Column("created_at", Timestamp, nullable=False),
+    Column("mac", String(64), nullable=True),  # HMAC-SHA256 under a key derived from the master key
+)
