@@ -172,5 +172,6 @@ audit_checkpoints = Table(  # the verified chain head every so often, MAC'ed wit
     Column("event_hash", String(64), nullable=False),  # that event's chain hash
     Column("events", BigInteger, nullable=False),  # how many events the chain holds up to event_id
     Column("created_at", Timestamp, nullable=False),
+    Column("key_id", String(32), nullable=True),  # which master key the MAC is under (rotation)
     Column("mac", String(64), nullable=True),  # HMAC-SHA256 under a key derived from the master key
 )

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("event_hash", sa.String(length=64), nullable=False),
         sa.Column("events", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.Float(precision=53), nullable=False),
+        sa.Column("key_id", sa.String(length=32), nullable=True),
         sa.Column("mac", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_fundaments_audit_checkpoints")),
         sa.UniqueConstraint("event_id", name=op.f("uq_fundaments_audit_checkpoints_event_id")),
