@@ -485,3 +485,18 @@ def test_another_process_with_the_same_keys_reads_and_writes_compatible_envelope
     assert echoed == "from the parent"
     assert service_a.decrypt_text(theirs, context="row:2") == "from the child"
     assert subkey_of(theirs) != subkey_of(mine)
+
+
+def test_purpose_keys_are_per_purpose_per_master_key_and_current_first() -> None:
+    old = EncryptionService("an-old-master-key-0123456789abcdefghijkl", bytes(16))
+    rotated = EncryptionService(
+        "a-new-master-key-0123456789abcdefghijklm", bytes(16), ["an-old-master-key-0123456789abcdefghijkl"]
+    )
+    [(old_id, old_key)] = old.purpose_keys("audit-checkpoint")
+    (new_id, new_key), (kept_id, kept_key) = rotated.purpose_keys("audit-checkpoint")
+    assert (kept_id, kept_key) == (old_id, old_key)  # the retired key's MACs still verify
+    assert new_id == rotated.key_id and new_key != old_key
+    assert rotated.purpose_keys("api-key-digest")[0][1] != new_key  # purposes are independent
+    assert len(new_key) == 32
+    with pytest.raises(ValueError):
+        rotated.purpose_keys("")

@@ -26,6 +26,7 @@ KEY_ID_BYTES = 4
 ENVELOPE_SUBKEY_INFO = b"fundaments/v1/envelope-subkey"
 FILE_KEY_INFO = b"fundaments/v1/file-key"
 KEY_ID_INFO = b"fundaments/v1/key-id"
+PURPOSE_KEY_INFO = b"fundaments/v1/purpose-key/"
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,3 +71,9 @@ def envelope_subkey(master: MasterKey, epoch_id: bytes) -> AESGCM:
 
 def file_key(master: MasterKey, file_salt: bytes) -> AESGCM:
     return AESGCM(hkdf_expand(master.key, FILE_KEY_INFO + file_salt))
+
+
+def purpose_key(master: MasterKey, purpose: str) -> bytes:
+    """A 32-byte key for one purpose (``"audit-checkpoint"``, ``"api-key-digest"``) under ``master``:
+    independent of the encryption keys and of every other purpose, and rotating with the master key."""
+    return hkdf_expand(master.key, PURPOSE_KEY_INFO + purpose.encode("ascii"))

@@ -38,7 +38,14 @@ from fundaments.encryption.envelope import (
     b64encode,
     invalid_format,
 )
-from fundaments.encryption.keys import KEY_ID_BYTES, MasterKey, derive_master_key, envelope_subkey, file_key
+from fundaments.encryption.keys import (
+    KEY_ID_BYTES,
+    MasterKey,
+    derive_master_key,
+    envelope_subkey,
+    file_key,
+    purpose_key,
+)
 from fundaments.errors import ConfigurationError, DecryptionError
 
 EPOCH_MESSAGES = 2**16  # messages per epoch subkey; see the bound in docs/encryption.md
@@ -102,6 +109,16 @@ class EncryptionService:
     def key_ids(self) -> list[str]:
         """Hex ids of every key that decrypts, the current one first."""
         return [key_id.hex() for key_id in self._keys]
+
+    def purpose_keys(self, purpose: str) -> list[tuple[str, bytes]]:
+        """(hex key id, key) for ``purpose`` under every configured master key, the current first.
+
+        For MACs and keyed digests a database dump must not let anyone compute or test (audit
+        checkpoints, API-key digests): make new ones with the first, accept any of them.
+        """
+        if not purpose or not purpose.isascii():
+            raise ValueError("purpose must be a non-empty ASCII name")
+        return [(key_id.hex(), purpose_key(master, purpose)) for key_id, master in self._keys.items()]
 
     # --- values ---------------------------------------------------------------------------------
 
