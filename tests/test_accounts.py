@@ -471,15 +471,23 @@ async def test_disabled_accounts_cannot_log_in(fundaments: Fundaments, uh: UserH
             await uh.set_disabled(tx, user.id + 1000, True)
 
 
-async def test_verify_password_counts_nothing(fundaments: Fundaments, uh: UserHandler) -> None:
+async def test_the_current_password_check_counts_toward_the_lock(
+    fundaments: Fundaments, uh: UserHandler
+) -> None:
     user = await register(fundaments, "dev@example.com")
-    for _ in range(10):
-        assert not await uh.verify_password(user.id, "not the password at all")
-    assert await uh.verify_password(user.id, PASSWORD)
-    assert not await events(fundaments, "login.failed")
-    assert (await login(fundaments, "dev@example.com", PASSWORD))[0]
+    for attempt in range(1, 6):
+        check = await uh.check_current_password(user.id, "not the password at all", OWNER, flight_key="s")
+        assert not check and not check.locked and check.caused_lock is (attempt == 5)
+    verified = uh.verification_count
+    refused = await uh.check_current_password(user.id, PASSWORD, OWNER, flight_key="s")
+    assert not refused and refused.locked  # the right password too, while the lock lasts
+    assert uh.verification_count == verified  # and no hash was computed for it
+    assert len(await events(fundaments, "password.change_failed")) == 6
+    [locked] = await events(fundaments, "account.locked")
+    assert locked.subject_user_id == user.id
+    assert (await uh.authenticate("dev@example.com", PASSWORD, OWNER)).reason is LoginFailure.LOCKED
     with pytest.raises(UnknownUserError):
-        await uh.verify_password(user.id + 1000, PASSWORD)
+        await uh.check_current_password(user.id + 1000, PASSWORD, OWNER, flight_key="s")
 
 
 async def test_set_password_bumps_the_epoch_and_clears_must_change(

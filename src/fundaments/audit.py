@@ -27,6 +27,8 @@ audit_log = logging.getLogger("fundaments.audit")
 log = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 60.0  # record_soon: repeats of one kind within this window become a count
+MAX_BURST_KEYS = 10_000  # record_coalesced: distinct (kind, key) bursts remembered at once
+OVERFLOW_KEY = "*"  # beyond MAX_BURST_KEYS, new keys share one burst per kind
 
 EVENT_FIELDS = (
     "occurred_at",
@@ -80,10 +82,22 @@ class ChainVerification:
         return self.ok
 
 
+@dataclass(frozen=True, slots=True)
+class _About:
+    """Who a coalesced event is about: repeated in the summary event of its burst."""
+
+    outcome: str
+    subject_user_id: int | None
+    username: str | None
+    client: RequestContext | None
+    details: Mapping[str, Any]
+
+
 @dataclass(slots=True)
 class _Burst:
     started: float
     suppressed: int = 0
+    about: _About | None = None  # record_coalesced only
 
 
 class AuditTrail:
@@ -93,6 +107,7 @@ class AuditTrail:
         self._db = db
         self._clock = clock
         self._bursts: dict[str, _Burst] = {}
+        self._keyed_bursts: dict[tuple[str, str], _Burst] = {}
         self._pending: set[asyncio.Task[int | None]] = set()
         # Events waiting for their transaction's commit; a rolled-back transaction's entry goes
         # away with the transaction object.
@@ -123,7 +138,66 @@ class AuditTrail:
         extra = {"suppressed_before": burst.suppressed} if burst is not None and burst.suppressed else {}
         self._schedule(kind, outcome, {**(details or {}), **extra})
 
-    def _schedule(self, kind: str, outcome: str, details: Mapping[str, Any]) -> None:
+    async def record_coalesced(
+        self,
+        kind: str,
+        *,
+        key: str,
+        outcome: str = "failure",
+        subject_user_id: int | None = None,
+        username: str | None = None,
+        client: RequestContext | None = None,
+        details: Mapping[str, Any] | None = None,
+        window: float = COALESCE_SECONDS,
+    ) -> int | None:
+        """Record an event an unauthenticated client can repeat at will (a refused login), at most
+        once per ``key`` (its source: reason, account, client) and ``window`` seconds.
+
+        The first event of a burst is written at once (its id returned); repeats inside the window
+        are only counted, and the next event written for the key — or ``close()`` — carries
+        ``suppressed_before``, so a flood costs one write per source and window, not one per request.
+        At most MAX_BURST_KEYS sources are told apart; beyond that new ones share one burst per kind.
+        """
+        now = self._clock.now()
+        burst_key = (kind, key)
+        burst = self._keyed_bursts.get(burst_key)
+        if burst is None and len(self._keyed_bursts) >= MAX_BURST_KEYS:
+            self._prune_keyed_bursts(now, window)
+            if len(self._keyed_bursts) >= MAX_BURST_KEYS:
+                burst_key = (kind, OVERFLOW_KEY)
+                burst = self._keyed_bursts.get(burst_key)
+        if burst is not None and 0.0 <= now - burst.started < window:
+            burst.suppressed += 1
+            return None
+        about = _About(outcome, subject_user_id, username, client, dict(details or {}))
+        self._keyed_bursts[burst_key] = _Burst(now, about=about)
+        extra = {"suppressed_before": burst.suppressed} if burst is not None and burst.suppressed else {}
+        return await self.record(
+            kind,
+            outcome=outcome,
+            subject_user_id=subject_user_id,
+            username=username,
+            client=client,
+            details={**(details or {}), **extra},
+        )
+
+    def _prune_keyed_bursts(self, now: float, window: float) -> None:
+        """Forget bursts whose window ended; their counts go out as summary events first."""
+        for burst_key, burst in list(self._keyed_bursts.items()):
+            if not 0.0 <= now - burst.started < window:
+                del self._keyed_bursts[burst_key]
+                if burst.suppressed:
+                    self._schedule_summary(burst_key[0], burst)
+
+    def _schedule_summary(self, kind: str, burst: _Burst) -> None:
+        about = burst.about or _About("failure", None, None, None, {})
+        summary = {**about.details, "suppressed_before": burst.suppressed, "summary": True}
+        self._schedule(kind, about.outcome, summary, about)
+        burst.suppressed = 0
+
+    def _schedule(
+        self, kind: str, outcome: str, details: Mapping[str, Any], about: _About | None = None
+    ) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop: nothing can be written from here
@@ -131,9 +205,15 @@ class AuditTrail:
             return
         # A fresh context: a caller inside a transaction must not hand its "holds the writer" mark
         # to a task that opens a transaction of its own.
-        task = loop.create_task(
-            self.record(kind, outcome=outcome, details=details), context=contextvars.Context()
+        record = self.record(
+            kind,
+            outcome=outcome,
+            details=details,
+            subject_user_id=about.subject_user_id if about else None,
+            username=about.username if about else None,
+            client=about.client if about else None,
         )
+        task = loop.create_task(record, context=contextvars.Context())
         self._pending.add(task)
         task.add_done_callback(self._finished)
 
@@ -152,6 +232,9 @@ class AuditTrail:
                     {"suppressed_before": burst.suppressed},
                 )
                 burst.suppressed = 0
+        for (kind, _key), burst in list(self._keyed_bursts.items()):
+            if burst.suppressed:
+                self._schedule_summary(kind, burst)
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 

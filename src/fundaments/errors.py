@@ -53,6 +53,25 @@ class AuthenticationError(FundamentsError):
     """A credential check failed (for example the current password in change_password)."""
 
 
+class ReauthenticationRequired(AuthenticationError):
+    """The session is too old for this action: re-enter a password or second factor first."""
+
+
+class RateLimited(FundamentsError):
+    """Too many requests of one kind: ``retry_after`` says when to come back (seconds)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(0.0, float(retry_after))
+
+
+class CheckInFlightError(RateLimited):
+    """A credential check for the same session is already running (one at a time per session)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class PermissionDenied(FundamentsError):
     """The user lacks the permission an action requires."""
 

@@ -24,13 +24,17 @@ import hashlib
 import ipaddress
 import logging
 import secrets
+import statistics
+import time
 import unicodedata
+from collections import deque
 from dataclasses import dataclass, field
 
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
 from fundaments.config import Settings
 from fundaments.errors import (
+    CheckInFlightError,
     ConstraintViolation,
     InvalidPasswordHashError,
     InvalidUsernameError,
@@ -55,7 +59,8 @@ DEVICES_PER_USER = 20  # kept after a prune
 DEVICE_PRUNE_SLACK = 10  # prune once this many more have piled up: one DELETE per ten new devices
 MAX_DEVICE_TOKEN_LENGTH = 256
 IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
-IP_PRUNE_EVERY = 1_024  # failures between deletions of expired IP windows
+IP_PRUNE_EVERY = 1_024  # IP claims between deletions of expired IP windows
+VERIFICATION_SAMPLES = 64  # recent verification durations: how long a locked refusal waits
 MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
 
 
@@ -116,6 +121,23 @@ def _user(row: Row) -> User:
 
 
 @dataclass(frozen=True, slots=True)
+class PasswordCheck:
+    """The outcome of :meth:`UserHandler.check_current_password`; truthy when the password matched.
+
+    ``locked``: refused unverified, the account (or device) being locked; ``caused_lock``: this
+    wrong password was the one that locked it.
+    """
+
+    matched: bool
+    locked: bool = False
+    caused_lock: bool = False
+    device_hash: bytes | None = field(default=None, repr=False)
+
+    def __bool__(self) -> bool:
+        return self.matched
+
+
+@dataclass(frozen=True, slots=True)
 class CredentialCheck:
     """The outcome of :meth:`UserHandler.authenticate`; truthy only when the password was right."""
 
@@ -127,6 +149,7 @@ class CredentialCheck:
     device_hash: bytes | None = field(default=None, repr=False)  # the valid device cookie presented
     device_token: str | None = field(default=None, repr=False)
     devices: int = 0  # devices the account had: complete_login prunes only when at the limit
+    ip_claim: str | None = None  # the IP-throttle key whose claim complete_login releases
 
     def __bool__(self) -> bool:
         return self.reason is None and self.user is not None
@@ -145,8 +168,10 @@ class UserHandler:
         self._passwords = passwords
         self._threshold = settings.lockout_threshold
         self._lock = self._lock_parameters(settings)
-        self._failures_since_prune = 0
+        self._claims_since_prune = 0
         self.verification_count = 0  # password verifications this process ran for logins (tests, metrics)
+        self._verification_seconds: deque[float] = deque(maxlen=VERIFICATION_SAMPLES)
+        self._password_checks: set[str] = set()  # change_password checks in flight, per session/user
 
     @staticmethod
     def _lock_parameters(settings: Settings) -> tuple[float, int, float]:
@@ -228,16 +253,88 @@ class UserHandler:
         )
         return user
 
-    async def verify_password(self, user_id: int, password: str) -> bool:
-        """Whether ``password`` is the account's current password (off the loop; counts nothing)."""
+    async def check_current_password(
+        self, user_id: int, password: str, ctx: RequestContext | None, *, flight_key: str
+    ) -> PasswordCheck:
+        """Check the account's current password (a password change) as a login would: it claims a
+        place under the account's lock — or, with a live device cookie of this account in ``ctx``,
+        under that device's — before any hash, so a stolen session cannot guess at hashing speed.
+
+        ``flight_key`` (the session, or the user without one) may have one check in flight at a
+        time: a flood from one session is refused at once instead of filling the hashing pool.
+        Raises UnknownUserError, HashingBusyError (the pool is full), CheckInFlightError.
+        """
+        if flight_key in self._password_checks:
+            raise CheckInFlightError(
+                "a password check for this session is already running; wait for its answer"
+            )
+        self._password_checks.add(flight_key)
+        try:
+            with self._passwords.pool.reserve():
+                return await self._check_current_password(user_id, password, ctx)
+        finally:
+            self._password_checks.discard(flight_key)
+
+    async def _check_current_password(
+        self, user_id: int, password: str, ctx: RequestContext | None
+    ) -> PasswordCheck:
+        now = self._clock.now()
         stored = await queries.password_hash(self._db, user_id)
         if stored is None:
             raise UnknownUserError(f"no account has id {user_id}")
-        if not isinstance(password, str) or len(password) > self._settings.password_max_length:
-            return False
-        pool = self._passwords.pool
-        with pool.reserve():
-            return await pool.run(self._passwords.verify, password, stored)
+        device_hash = hash_device_token(ctx.device_token) if ctx is not None and ctx.device_token else None
+        if device_hash is not None and not await queries.device_of_user(
+            self._db, device_hash, user_id, now - DEVICE_IDLE_SECONDS
+        ):
+            device_hash = None
+        typed: object = password
+        password = typed if isinstance(typed, str) else ""
+        verification: asyncio.Future[tuple[bool, str | None]] | None = None
+        try:
+            async with self._db.transaction() as tx:
+                if device_hash is not None:
+                    claim = await queries.claim_device_attempt(
+                        tx, device_hash, now, self._threshold, self._lock
+                    )
+                else:
+                    claim = await queries.claim_user_attempt(tx, user_id, now, self._threshold, self._lock)
+                if claim is not None:
+                    verification = asyncio.ensure_future(self._verify(password, stored))
+        except BaseException:
+            if verification is not None:
+                verification.cancel()
+            raise
+        if claim is None or verification is None:
+            await self._audit.record_coalesced(
+                "password.change_failed",
+                key=f"locked|{user_id}",
+                subject_user_id=user_id,
+                client=ctx,
+                details={"reason": "locked", "device": device_hash is not None},
+            )
+            return PasswordCheck(matched=False, locked=True, device_hash=device_hash)
+        matched, _upgraded = await verification  # the new password is hashed afresh anyway
+        if matched:
+            return PasswordCheck(matched=True, device_hash=device_hash)
+        async with self._db.transaction() as tx:
+            await self._audit.record(
+                "password.change_failed",
+                outcome="failure",
+                tx=tx,
+                actor_user_id=user_id,
+                subject_user_id=user_id,
+                client=ctx,
+                details={"reason": "invalid_credentials", "device": device_hash is not None},
+            )
+            locked_now = await self._audit_lock(tx, None, user_id, ctx, claim, device=device_hash is not None)
+        return PasswordCheck(matched=False, caused_lock=locked_now, device_hash=device_hash)
+
+    async def reset_failures_after_change(self, tx: Executor, user_id: int, check: PasswordCheck) -> None:
+        """After a password change that proved the current password: clear the counter it claimed."""
+        if check.device_hash is not None:
+            await queries.touch_device(tx, check.device_hash, self._clock.now())
+        else:
+            await queries.reset_user_failures(tx, user_id, self._clock.now())
 
     async def set_password(
         self, tx: Executor, user_id: int, password_hash: str, *, actor_user_id: int | None = None
@@ -311,53 +408,89 @@ class UserHandler:
         password = typed if isinstance(typed, str) else ""
         try:
             with self._passwords.pool.reserve():
-                return await self._authenticate(name, audit_name, password, ctx)
+                check = await self._authenticate(name, audit_name, password, ctx)
         except HashingBusyError:
             await self._record_refusal(LoginFailure.BUSY, audit_name, None, ctx)
             return CredentialCheck(None, LoginFailure.BUSY, audit_name)
+        if check.reason is LoginFailure.LOCKED:
+            # No hash is computed for a locked account, but answering at once would tell a locked
+            # account from an unknown one (which costs a dummy verification): wait as long as a
+            # verification takes, outside the hashing pool, so the wait costs no CPU and no place.
+            await asyncio.sleep(self._typical_verification_seconds())
+        return check
 
     async def _authenticate(
         self, name: str | None, audit_name: str, password: str, ctx: RequestContext
     ) -> CredentialCheck:
         now = self._clock.now()
         ip_key = throttle_key(ctx.ip_address)
-        window_open_after = now - self._settings.throttle_ip_window
-        # One read answers both gates: the IP's open failure window and the account ("" is no one's name).
-        row = await queries.login_gate(self._db, name or "", ip_key, window_open_after)
-        if (row["ip_failures"] or 0) >= self._settings.throttle_ip_failures:
+        window = float(self._settings.throttle_ip_window)
+        limit = self._settings.throttle_ip_failures
+        presented = hash_device_token(ctx.device_token) if ctx.device_token else None
+        # One read answers every gate: the IP's open window, the account ("" is no one's name) and
+        # whether the device cookie presented is a live one of that account.
+        row = await queries.login_gate(
+            self._db, name or "", ip_key, now - window, presented, now - DEVICE_IDLE_SECONDS
+        )
+        device_hash = presented if row["device_hash"] is not None else None
+        # A known device of this account passes the IP throttle: on a shared address (an office
+        # NAT) others' failures must not lock it out (OWASP device cookies). Its own lock still holds.
+        if device_hash is None and (row["ip_failures"] or 0) >= limit:
             await self._record_refusal(LoginFailure.THROTTLED, audit_name, None, ctx)
             return CredentialCheck(None, LoginFailure.THROTTLED, audit_name)
 
-        if row["id"] is None:
-            await self._verify(password, None)
-            await self._record_failure(audit_name, None, ctx, None, device=False)
-            return CredentialCheck(None, LoginFailure.INVALID_CREDENTIALS, audit_name)
-
-        user = _user(row)
-        stored: str = row["password_hash"]
-        device_hash = hash_device_token(ctx.device_token) if ctx.device_token else None
-        if device_hash is not None:
-            found = await queries.device(self._db, device_hash, user.id, now - DEVICE_IDLE_SECONDS)
-            device_hash = None if found is None else device_hash
-
+        user = _user(row) if row["id"] is not None else None
+        stored: str | None = row["password_hash"] if user is not None else None
+        claim: Row | None = None
+        throttled = False
         verification: asyncio.Future[tuple[bool, str | None]] | None = None
         try:
             async with self._db.transaction() as tx:
-                if device_hash is not None:
-                    claim = await queries.claim_device_attempt(
-                        tx, device_hash, now, self._threshold, self._lock
-                    )
-                else:
-                    claim = await queries.claim_user_attempt(tx, user.id, now, self._threshold, self._lock)
-                if claim is not None:
-                    # The claim is ours from here (the row, or SQLite's write lock, is held until
-                    # the commit), so the hash may start while the commit is still on its way.
-                    verification = asyncio.ensure_future(self._verify(password, stored))
+                # Claims before the hash: the IP's place in its window, then the account's (or the
+                # device's) place below the lock threshold. However many attempts race, in however
+                # many processes, at most the limits get verified.
+                if device_hash is None:
+                    ip_count = await queries.claim_ip_attempt(tx, ip_key, now, window, limit)
+                    throttled = ip_count is None
+                    if ip_count == limit:
+                        await self._audit_ip_throttled(tx, ctx, ip_key, ip_count)
+                    self._claims_since_prune += 1
+                    if self._claims_since_prune >= IP_PRUNE_EVERY:  # windows of IPs long gone
+                        self._claims_since_prune = 0
+                        await queries.prune_ip_throttle(tx, now - window)
+                if not throttled:
+                    if user is None:
+                        # An unknown name fails whatever the password: audited with the claim, then
+                        # verified against the dummy hash so it costs what a known name costs.
+                        await self._audit_failure(tx, LoginFailure.INVALID_CREDENTIALS, audit_name, None, ctx)
+                        verification = asyncio.ensure_future(self._verify(password, None))
+                    else:
+                        if device_hash is not None:
+                            claim = await queries.claim_device_attempt(
+                                tx, device_hash, now, self._threshold, self._lock
+                            )
+                        else:
+                            claim = await queries.claim_user_attempt(
+                                tx, user.id, now, self._threshold, self._lock
+                            )
+                        if claim is not None:
+                            # The claim is ours from here (the row, or SQLite's write lock, is held
+                            # until the commit), so the hash may start while the commit is on its way.
+                            verification = asyncio.ensure_future(self._verify(password, stored))
         except BaseException:
             if verification is not None:
                 verification.cancel()
             raise
+        if throttled:
+            await self._record_refusal(LoginFailure.THROTTLED, audit_name, None, ctx)
+            return CredentialCheck(None, LoginFailure.THROTTLED, audit_name)
+        if user is None:
+            assert verification is not None
+            await verification
+            return CredentialCheck(None, LoginFailure.INVALID_CREDENTIALS, audit_name)
         if claim is None or verification is None:
+            # Refused before any hash; the IP's claim stays counted, so hammering a locked account
+            # runs into the IP throttle too.
             await self._record_refusal(
                 LoginFailure.LOCKED, audit_name, user.id, ctx, device=device_hash is not None
             )
@@ -368,12 +501,15 @@ class UserHandler:
             await self._record_failure(audit_name, user.id, ctx, claim, device=device_hash is not None)
             return CredentialCheck(user, LoginFailure.INVALID_CREDENTIALS, audit_name)
 
+        ip_claim = ip_key if device_hash is None else None
         if user.is_disabled:
             async with self._db.transaction() as tx:
                 if device_hash is not None:
                     await queries.release_device_attempt(tx, device_hash)
                 else:
                     await queries.release_user_attempt(tx, user.id)
+                if ip_claim is not None:
+                    await queries.release_ip_attempt(tx, ip_claim)
                 await self._audit_failure(tx, LoginFailure.DISABLED, audit_name, user.id, ctx)
             return CredentialCheck(user, LoginFailure.DISABLED, audit_name)
 
@@ -386,6 +522,7 @@ class UserHandler:
             device_hash=device_hash,
             device_token=ctx.device_token if device_hash is not None else None,
             devices=int(row["devices"]),
+            ip_claim=ip_claim,
         )
 
     async def _verify(self, password: str, stored: str | None) -> tuple[bool, str | None]:
@@ -398,7 +535,16 @@ class UserHandler:
         self.verification_count += 1
         if stored is None:
             stored = self._passwords.cached_dummy_hash() or await pool.run(self._passwords.dummy_hash)
-        return await pool.run(self._check_password, password, stored)
+        started = time.perf_counter()
+        result = await pool.run(self._check_password, password, stored)
+        self._verification_seconds.append(time.perf_counter() - started)
+        return result
+
+    def _typical_verification_seconds(self) -> float:
+        """The median of the last verifications' durations (as the caller waited for them)."""
+        if not self._verification_seconds:
+            return 0.0
+        return float(statistics.median(self._verification_seconds))
 
     def _check_password(self, password: str, stored: str) -> tuple[bool, str | None]:
         if not self._passwords.verify(password, stored):
@@ -415,6 +561,8 @@ class UserHandler:
             raise ValueError("complete_login needs a successful CredentialCheck")
         user_id = check.user.id
         now = self._clock.now()
+        if check.ip_claim is not None:  # the right password is not a failure of this IP
+            await queries.release_ip_attempt(tx, check.ip_claim)
         if check.device_hash is None:
             # A login through a device cookie leaves the account's own counter alone: resetting it
             # would hand an attacker, who cannot use that cookie, a fresh set of guesses.
@@ -450,46 +598,50 @@ class UserHandler:
     async def _record_failure(
         self, username: str, user_id: int | None, ctx: RequestContext, claim: Row | None, *, device: bool
     ) -> None:
-        """A wrong password: count it against the IP (the account was counted by its claim) and
-        audit it, with the lock or throttle it caused, in one transaction."""
-        now = self._clock.now()
-        ip_key = throttle_key(ctx.ip_address)
+        """A wrong password (counted by its claims already): audit it, with the lock it caused."""
         async with self._db.transaction() as tx:
-            ip_count = await queries.count_ip_failure(tx, ip_key, now, self._settings.throttle_ip_window)
             await self._audit_failure(
                 tx, LoginFailure.INVALID_CREDENTIALS, username, user_id, ctx, device=device
             )
-            if claim is not None and int(claim["failed_attempts"]) == self._threshold:
-                await self._audit.record(
-                    "account.locked",
-                    outcome="failure",
-                    tx=tx,
-                    subject_user_id=user_id,
-                    username=username,
-                    client=ctx,
-                    details={
-                        "scope": "device" if device else "account",
-                        "locked_until": float(claim["locked_until"]),
-                        "lock_count": int(claim["lock_count"]),
-                        "permanent": self._lock[0] == PERMANENT_LOCK_SECONDS,
-                    },
-                )
-            if ip_count == self._settings.throttle_ip_failures:
-                await self._audit.record(
-                    "ip.throttled",
-                    outcome="failure",
-                    tx=tx,
-                    ip_address=ctx.ip_address,
-                    details={
-                        "key": ip_key,
-                        "failures": ip_count,
-                        "window": self._settings.throttle_ip_window,
-                    },
-                )
-            self._failures_since_prune += 1
-            if self._failures_since_prune >= IP_PRUNE_EVERY:
-                self._failures_since_prune = 0
-                await queries.prune_ip_throttle(tx, now - self._settings.throttle_ip_window)
+            await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
+
+    async def _audit_lock(
+        self,
+        tx: Executor,
+        username: str | None,
+        user_id: int | None,
+        ctx: RequestContext | None,
+        claim: Row | None,
+        *,
+        device: bool,
+    ) -> bool:
+        """Audit ``account.locked`` when ``claim`` was the attempt that set the lock; whether it was."""
+        if claim is None or int(claim["failed_attempts"]) != self._threshold:
+            return False
+        await self._audit.record(
+            "account.locked",
+            outcome="failure",
+            tx=tx,
+            subject_user_id=user_id,
+            username=username,
+            client=ctx,
+            details={
+                "scope": "device" if device else "account",
+                "locked_until": float(claim["locked_until"]),
+                "lock_count": int(claim["lock_count"]),
+                "permanent": self._lock[0] == PERMANENT_LOCK_SECONDS,
+            },
+        )
+        return True
+
+    async def _audit_ip_throttled(self, tx: Executor, ctx: RequestContext, ip_key: str, count: int) -> None:
+        await self._audit.record(
+            "ip.throttled",
+            outcome="failure",
+            tx=tx,
+            ip_address=ctx.ip_address,
+            details={"key": ip_key, "failures": count, "window": self._settings.throttle_ip_window},
+        )
 
     async def _record_refusal(
         self,
@@ -500,9 +652,16 @@ class UserHandler:
         *,
         device: bool = False,
     ) -> None:
-        """An attempt refused before any hash (locked, throttled, busy): audited, not counted."""
-        async with self._db.transaction() as tx:
-            await self._audit_failure(tx, reason, username, user_id, ctx, device=device)
+        """An attempt refused before any hash (locked, throttled, busy): audited once per source and
+        window (the first of a burst, then a count), so a flood of refusals is not a flood of writes."""
+        await self._audit.record_coalesced(
+            "login.failed",
+            key=f"{reason.value}|{user_id if user_id is not None else ''}|{throttle_key(ctx.ip_address)}",
+            subject_user_id=user_id,
+            username=username,
+            client=ctx,
+            details={"reason": reason.value, "device": device},
+        )
 
     async def _audit_failure(
         self,

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from fundaments.errors import AuthenticationError, InvalidArgument, UnknownUserError
+from fundaments.errors import AuthenticationError, InvalidArgument, PasswordPolicyError, UnknownUserError
 from fundaments.models import LoginResult, RequestContext, Session, User
 from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
 
@@ -103,29 +103,52 @@ class AccountsPart(SecurityCore):
         return LoginResult(user=check.user, session=session, device_token=device_token)
 
     async def change_password(
-        self, user_id: int, old_password: str, new_password: str, current_token: str | None = None
+        self,
+        user_id: int,
+        old_password: str,
+        new_password: str,
+        current_token: str | None = None,
+        *,
+        request_data: RequestContext | Mapping[str, Any] | None = None,
     ) -> Session | None:
         """Change a password after checking the current one; every other session of the user ends.
 
+        The current-password check counts toward the account lock like a login (with the device
+        cookie of ``request_data`` it counts toward that device's lock instead): once locked, even
+        the right password is refused until the lock ends, and a session whose guesses locked the
+        account is ended. One check per session runs at a time.
+
         With ``current_token`` (the session making the change) that session survives with a new
         token, returned here: set it as the cookie. Raises AuthenticationError for a wrong current
-        password, PasswordPolicyError for a new one that breaks the policy, UnknownUserError.
+        password or a locked account, PasswordPolicyError for a new one that breaks the policy or
+        equals the current one, RateLimited while another check of the session runs,
+        HashingBusyError (a ServiceUnavailable) when the hashing pool is full, UnknownUserError.
         """
         user_id = user_id_argument(user_id)
+        ctx = RequestContext.coerce(request_data) if request_data is not None else None
         user = await self._users.get(user_id)
         if user is None:
             raise UnknownUserError(f"no account has id {user_id}")
-        if not await self._users.verify_password(user_id, old_password):
-            await self._require_audit().record(
-                "password.change_failed", outcome="failure", actor_user_id=user_id, subject_user_id=user_id
-            )
-            raise AuthenticationError("the current password is not correct")
-        encoded = await self._users.prepare_password(new_password, username=user.username)
         current = await self._sessions.find(current_token) if current_token else None
         if current is not None and current.user_id != user_id:
             current = None  # a token of someone else never survives this user's password change
+        flight_key = f"session:{current.id}" if current is not None else f"user:{user_id}"
+        check = await self._users.check_current_password(user_id, old_password, ctx, flight_key=flight_key)
+        if not check:
+            if check.caused_lock and current is not None:
+                # Guessing from a session until the account locks: that session is not its owner's.
+                await self._sessions.revoke_by_id(user_id, current.id, reason="password_guessing")
+            if check.locked or check.caused_lock:
+                raise AuthenticationError(
+                    "too many wrong passwords: the account is locked for now; try again later"
+                )
+            raise AuthenticationError("the current password is not correct")
+        if new_password == old_password:
+            raise PasswordPolicyError(["the new password must differ from the current one"])
+        encoded = await self._users.prepare_password(new_password, username=user.username)
         async with self._transaction() as tx:
             await self._users.set_password(tx, user_id, encoded, actor_user_id=user_id)
+            await self._users.reset_failures_after_change(tx, user_id, check)
             await self._sessions.revoke_all(
                 user_id, tx=tx, except_session_id=current.id if current else None, reason="password_changed"
             )

@@ -54,22 +54,45 @@ async def list_users(db: Executor, limit: int, offset: int) -> list[Row]:
     )
 
 
-async def login_gate(db: Executor, username: str, ip_key: str, window_open_after: float) -> Row:
-    """In one read: the client IP's failures in its open window (``ip_failures``, NULL for none) and
-    the account a login names (``id`` NULL when there is none)."""
+async def login_gate(
+    db: Executor,
+    username: str,
+    ip_key: str,
+    window_open_after: float,
+    device_hash: bytes | None,
+    device_used_after: float,
+) -> Row:
+    """In one read: the client IP's failures in its open window (``ip_failures``, NULL for none),
+    the account a login names (``id`` NULL when there is none) and whether ``device_hash`` is a
+    device cookie of that account used since ``device_used_after`` (``device_hash`` NULL if not)."""
     row = await db.fetchrow(
         "SELECT t.failures AS ip_failures, u.id, u.username, u.is_disabled, u.must_change_password, "
-        "u.created_at, u.password_hash, "
-        "(SELECT COUNT(*) FROM fundaments_devices d WHERE d.user_id = u.id) AS devices "
+        "u.created_at, u.password_hash, d.token_hash AS device_hash, "
+        "(SELECT COUNT(*) FROM fundaments_devices c WHERE c.user_id = u.id) AS devices "
         "FROM (SELECT 1 AS one) AS g "
         "LEFT JOIN fundaments_users u ON u.username = $1 "
-        "LEFT JOIN fundaments_ip_throttle t ON t.ip_address = $2 AND t.window_start > $3::float8",
+        "LEFT JOIN fundaments_ip_throttle t ON t.ip_address = $2 AND t.window_start > $3::float8 "
+        "LEFT JOIN fundaments_devices d ON d.token_hash = $4::bytea AND d.user_id = u.id "
+        "AND d.last_used_at >= $5::float8",
         username,
         ip_key,
         window_open_after,
+        device_hash,
+        device_used_after,
     )
     assert row is not None
     return row
+
+
+async def device_of_user(db: Executor, token_hash: bytes, user_id: int, used_after: float) -> bool:
+    """Whether ``token_hash`` is a device cookie of ``user_id`` used since ``used_after``."""
+    found = await db.fetchval(
+        "SELECT 1 FROM fundaments_devices WHERE token_hash = $1 AND user_id = $2 AND last_used_at >= $3",
+        token_hash,
+        user_id,
+        used_after,
+    )
+    return found is not None
 
 
 async def password_hash(db: Executor, user_id: int) -> str | None:
@@ -198,17 +221,6 @@ async def set_disabled(tx: Executor, user_id: int, disabled: bool, now: float) -
 # --- device cookies ------------------------------------------------------------------------------
 
 
-async def device(db: Executor, token_hash: bytes, user_id: int, not_before: float) -> Row | None:
-    """A device cookie of this account used since ``not_before``."""
-    return await db.fetchrow(
-        "SELECT token_hash, locked_until FROM fundaments_devices "
-        "WHERE token_hash = $1 AND user_id = $2 AND last_used_at >= $3",
-        token_hash,
-        user_id,
-        not_before,
-    )
-
-
 async def touch_device(tx: Executor, token_hash: bytes, now: float) -> None:
     await tx.execute(
         "UPDATE fundaments_devices SET failed_attempts = 0, lock_count = 0, locked_until = NULL, "
@@ -242,20 +254,37 @@ async def prune_devices(tx: Executor, user_id: int, keep: int) -> None:
 # --- the per-IP throttle -------------------------------------------------------------------------
 
 
-async def count_ip_failure(tx: Executor, ip_address: str, now: float, window: float) -> int:
-    """Add one failure to this IP's window (a new window once the old one ran out); the new count."""
+async def claim_ip_attempt(
+    tx: Executor, ip_address: str, now: float, window: float, limit: int
+) -> int | None:
+    """Count one attempt from this IP before its password is verified; the new count, or None when
+    the IP has used up its window (a new window starts once the old one ran out).
+
+    One conditional upsert, like the account claim: however many attempts race, at most ``limit``
+    per window get a place, in every process sharing the database.
+    """
     value = await tx.fetchval(
         "INSERT INTO fundaments_ip_throttle AS t (ip_address, window_start, failures) VALUES ($1, $2, 1) "
         "ON CONFLICT (ip_address) DO UPDATE SET "
         "failures = CASE WHEN t.window_start + $3::float8 <= $2::float8 THEN 1 ELSE t.failures + 1 END, "
         "window_start = CASE WHEN t.window_start + $3::float8 <= $2::float8 THEN $2::float8 "
         "ELSE t.window_start END "
+        "WHERE t.window_start + $3::float8 <= $2::float8 OR t.failures < $4::int "
         "RETURNING failures",
         ip_address,
         now,
         window,
+        limit,
     )
-    return int(value)
+    return None if value is None else int(value)
+
+
+async def release_ip_attempt(tx: Executor, ip_address: str) -> None:
+    """Undo an IP claim that was not a failure (the right password, a disabled account)."""
+    await tx.execute(
+        "UPDATE fundaments_ip_throttle SET failures = failures - 1 WHERE ip_address = $1 AND failures > 0",
+        ip_address,
+    )
 
 
 async def prune_ip_throttle(tx: Executor, window_start_before: float) -> int:
