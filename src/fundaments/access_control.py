@@ -445,6 +445,61 @@ class AccessControl:
             permission=permission if isinstance(permission, str) else None,
         )
 
+    # --- delegation ----------------------------------------------------------------------------
+    async def require_delegation(
+        self,
+        actor_user_id: int | None,
+        action: str,
+        *,
+        roles: Iterable[str] = (),
+        permissions: Iterable[str] = (),
+        subject_user_id: int | None = None,
+    ) -> None:
+        """Refuse an actor passing on or overruling permissions it does not hold itself.
+
+        With an actor (None: a trusted caller such as the CLI), every permission involved must be
+        covered by the actor's own effective set, read fresh from the database: the effective
+        permissions of ``roles``, the ``permissions`` listed, and — with ``subject_user_id`` —
+        everything the target account holds (a disabled account's roles included). Holders of
+        ``*`` cover everything. A refusal is audited ``delegation.denied`` and raises
+        PermissionDenied naming what is missing; unknown roles are left to the action to report.
+        """
+        if actor_user_id is None:
+            return
+        policy = _Policy(await queries.load_policy(self._db))
+        actor_rows = await queries.load_user(self._db, actor_user_id)
+        held = (
+            frozenset()
+            if not actor_rows or bool(actor_rows[0]["is_disabled"])
+            else policy.union(int(r["role_id"]) for r in actor_rows if r["role_id"] is not None)
+        )
+        names = sorted({r for r in roles if isinstance(r, str)})
+        needed = set(permissions)
+        for name in names:
+            role = policy.ids.get(name)
+            if role is not None:
+                needed |= policy.effective(role)
+        if subject_user_id is not None:
+            rows = await queries.load_user(self._db, subject_user_id)
+            needed |= policy.union(int(r["role_id"]) for r in rows if r["role_id"] is not None)
+        missing = sorted(p for p in needed if not permission_granted(held, p))
+        if not missing:
+            return
+        await self._audit.record(
+            "delegation.denied",
+            outcome="failure",
+            actor_user_id=actor_user_id,
+            subject_user_id=subject_user_id,
+            details={"action": action, "roles": names, "missing": missing[:20]},
+        )
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise PermissionDenied(
+            f"user {actor_user_id} may not {action}: it does not hold {shown} itself "
+            "(an actor can only grant, revoke or overrule permissions it holds)",
+            user_id=actor_user_id,
+            permission=missing[0],
+        )
+
     async def user_permissions(self, user_id: Any) -> frozenset[str]:
         """The user's effective permissions (wildcards as granted); empty for a disabled user."""
         entry = await self._entry(_require_user_id(user_id))

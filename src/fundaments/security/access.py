@@ -42,6 +42,9 @@ class AccessPart(SecurityCore):
     ) -> Role:
         """Create a role; RoleError for a bad or taken name, a bad permission or an unknown parent."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(
+            actor_user_id, "create a role", roles=list(inherits), permissions=list(permissions)
+        )
         return await self._access.create_role(
             name, permissions, inherits, description, actor_user_id=actor_user_id
         )
@@ -49,6 +52,7 @@ class AccessPart(SecurityCore):
     async def delete_role(self, name: str, *, actor_user_id: int | None = None) -> None:
         """Delete a role: revoked from its holders, removed from roles inheriting it."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(actor_user_id, "delete a role", roles=[name])
         await self._access.delete_role(name, actor_user_id=actor_user_id)
 
     async def set_role_permissions(
@@ -56,6 +60,10 @@ class AccessPart(SecurityCore):
     ) -> None:
         """Replace a role's own permissions."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        permissions = list(permissions)
+        await self._access.require_delegation(
+            actor_user_id, "change a role's permissions", roles=[name], permissions=permissions
+        )
         await self._access.set_role_permissions(name, permissions, actor_user_id=actor_user_id)
 
     async def set_role_inherits(
@@ -63,6 +71,10 @@ class AccessPart(SecurityCore):
     ) -> None:
         """Replace the roles a role inherits; RoleError naming the cycle if one would form."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        inherits = list(inherits)
+        await self._access.require_delegation(
+            actor_user_id, "change what a role inherits", roles=[name, *inherits]
+        )
         await self._access.set_role_inherits(name, inherits, actor_user_id=actor_user_id)
 
     async def grant_role(self, user_id: int, role: str, *, actor_user_id: int | None = None) -> bool:
@@ -70,6 +82,9 @@ class AccessPart(SecurityCore):
         user already held it."""
         user_id = user_id_argument(user_id)
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(
+            actor_user_id, "grant a role", roles=[role], subject_user_id=user_id
+        )
         changed = await self._access.grant_role(user_id, role, actor_user_id=actor_user_id)
         self._sessions.invalidate_cache()  # rotation at once on this instance, within 1 s elsewhere
         return changed
@@ -78,6 +93,9 @@ class AccessPart(SecurityCore):
         """Revoke a role (audited; sessions rotate); False if the user did not hold it."""
         user_id = user_id_argument(user_id)
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(
+            actor_user_id, "revoke a role", roles=[role], subject_user_id=user_id
+        )
         changed = await self._access.revoke_role(user_id, role, actor_user_id=actor_user_id)
         self._sessions.invalidate_cache()
         return changed

@@ -31,6 +31,7 @@ class AccountsPart(SecurityCore):
         """Clear the account's lock, failure count and backoff (audited ``account.unlocked``)."""
         user_id = user_id_argument(user_id)
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(actor_user_id, "unlock this account", subject_user_id=user_id)
         await self._users.unlock(user_id, actor_user_id=actor_user_id)
 
     async def register_user(
@@ -55,6 +56,9 @@ class AccountsPart(SecurityCore):
         if (password is None) == (password_hash is None):
             raise InvalidArgument("register_user needs exactly one of password or password_hash")
         role_names = [roles] if isinstance(roles, str) else list(roles)
+        await self._access.require_delegation(
+            actor_user_id, "create an account with these roles", roles=role_names
+        )
         if password is not None:
             encoded = await self._users.prepare_password(password, username=username)
         else:
@@ -161,6 +165,7 @@ class AccountsPart(SecurityCore):
         checks answer False everywhere within a second. Returns how many sessions ended."""
         user_id = user_id_argument(user_id)
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(actor_user_id, "disable this account", subject_user_id=user_id)
         async with self._transaction() as tx:
             await self._access.invalidate_user(tx, user_id)  # first: the RBAC lock, then the user row
             await self._users.set_disabled(tx, user_id, True, actor_user_id=actor_user_id)
@@ -172,6 +177,7 @@ class AccountsPart(SecurityCore):
         """Re-enable a disabled account (audited ``user.enabled``); it logs in afresh."""
         user_id = user_id_argument(user_id)
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(actor_user_id, "enable this account", subject_user_id=user_id)
         async with self._transaction() as tx:
             await self._access.invalidate_user(tx, user_id)
             await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
