@@ -121,7 +121,9 @@ async def test_storm_from_four_processes_verifies_at_most_threshold_times(
         # a handful of rows instead of one per attempt.
         refused = [e for e in failed if e.details["reason"] == "locked"]
         assert len(refused) == 2 * PROCESSES
-        counted = sum(int(not e.details.get("summary")) + e.details.get("suppressed_before", 0) for e in refused)
+        counted = sum(
+            int(not e.details.get("summary")) + e.details.get("suppressed_before", 0) for e in refused
+        )
         assert counted == locked
 
         check = await uh.authenticate("victim@example.com", PASSWORD, RequestContext("198.51.100.1", "owner"))

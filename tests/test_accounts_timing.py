@@ -56,3 +56,42 @@ async def test_unknown_and_known_usernames_take_the_same_time(
         )
     finally:
         await app.close()
+
+
+@pytest.mark.slow
+async def test_a_locked_account_takes_as_long_as_an_unknown_one(
+    make_settings: Callable[..., Settings], clock: ManualClock
+) -> None:
+    """No hash is computed while an account is locked, yet the refusal must not come back faster
+    than the dummy verification of an unknown name (2-4 ms against 22-25 ms before the fix)."""
+    settings = make_settings(**REAL_HASHING, throttle_ip_failures=1_000_000)
+    app = await initialize_fundaments(settings, clock=clock, configure_logs=False)
+    try:
+        uh = app["user_handler"]
+        encoded = await uh.prepare_password(PASSWORD, username="locked@example.com")
+        async with app["db"].transaction() as tx:
+            await uh.create(tx, "locked@example.com", encoded)
+        ctx = RequestContext("203.0.113.9", "timing")
+        for i in range(settings.lockout_threshold):
+            await uh.authenticate("locked@example.com", f"wrong guess {i}", ctx)
+
+        async def timed(username: str, expected: LoginFailure) -> float:
+            start = time.perf_counter()
+            check = await uh.authenticate(username, PASSWORD, ctx)
+            elapsed = time.perf_counter() - start
+            assert check.reason is expected
+            return elapsed
+
+        for _ in range(3):
+            await timed("locked@example.com", LoginFailure.LOCKED)
+            await timed("unknown@example.com", LoginFailure.INVALID_CREDENTIALS)
+        locked, unknown = [], []
+        for i in range(ROUNDS):
+            locked.append(await timed("locked@example.com", LoginFailure.LOCKED))
+            unknown.append(await timed(f"unknown{i}@example.com", LoginFailure.INVALID_CREDENTIALS))
+        median_locked, median_unknown = statistics.median(locked), statistics.median(unknown)
+        assert abs(median_locked - median_unknown) <= 0.10 * max(median_locked, median_unknown), (
+            f"locked {median_locked * 1000:.1f} ms vs unknown {median_unknown * 1000:.1f} ms"
+        )
+    finally:
+        await app.close()

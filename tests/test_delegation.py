@@ -81,7 +81,9 @@ async def test_an_account_cannot_be_created_with_roles_beyond_the_actor(
     security: Security, helpdesk: User
 ) -> None:
     with pytest.raises(PermissionDenied):
-        await security.register_user("mallory", PASSWORD, roles=["member", "admin"], actor_user_id=helpdesk.id)
+        await security.register_user(
+            "mallory", PASSWORD, roles=["member", "admin"], actor_user_id=helpdesk.id
+        )
     assert await security.get_user_by_username("mallory") is None  # nothing written
     user = await security.register_user("carol", PASSWORD, roles=["member"], actor_user_id=helpdesk.id)
     assert user.roles == ("member",)

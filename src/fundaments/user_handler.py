@@ -60,7 +60,7 @@ DEVICE_PRUNE_SLACK = 10  # prune once this many more have piled up: one DELETE p
 MAX_DEVICE_TOKEN_LENGTH = 256
 IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
 IP_PRUNE_EVERY = 1_024  # IP claims between deletions of expired IP windows
-VERIFICATION_SAMPLES = 64  # recent verification durations: how long a locked refusal waits
+VERIFICATION_SAMPLES = 64  # recent verified attempts' durations: how long a locked refusal takes
 MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
 
 
@@ -170,7 +170,7 @@ class UserHandler:
         self._lock = self._lock_parameters(settings)
         self._claims_since_prune = 0
         self.verification_count = 0  # password verifications this process ran for logins (tests, metrics)
-        self._verification_seconds: deque[float] = deque(maxlen=VERIFICATION_SAMPLES)
+        self._attempt_seconds: deque[float] = deque(maxlen=VERIFICATION_SAMPLES)
         self._password_checks: set[str] = set()  # change_password checks in flight, per session/user
 
     @staticmethod
@@ -406,17 +406,22 @@ class UserHandler:
         ctx = RequestContext.coerce(ctx)
         typed: object = password  # untrusted input: a non-string never matches
         password = typed if isinstance(typed, str) else ""
+        started = time.perf_counter()
+        verified = self.verification_count
         try:
             with self._passwords.pool.reserve():
                 check = await self._authenticate(name, audit_name, password, ctx)
         except HashingBusyError:
             await self._record_refusal(LoginFailure.BUSY, audit_name, None, ctx)
             return CredentialCheck(None, LoginFailure.BUSY, audit_name)
+        elapsed = time.perf_counter() - started
         if check.reason is LoginFailure.LOCKED:
             # No hash is computed for a locked account, but answering at once would tell a locked
-            # account from an unknown one (which costs a dummy verification): wait as long as a
-            # verification takes, outside the hashing pool, so the wait costs no CPU and no place.
-            await asyncio.sleep(self._typical_verification_seconds())
+            # account from an unknown one (which costs a dummy verification): take as long as a
+            # verified attempt takes, waiting outside the hashing pool (no CPU, no place).
+            await asyncio.sleep(max(0.0, self._typical_attempt_seconds() - elapsed))
+        elif self.verification_count == verified + 1:  # one verified attempt, start to end
+            self._attempt_seconds.append(elapsed)
         return check
 
     async def _authenticate(
@@ -535,16 +540,13 @@ class UserHandler:
         self.verification_count += 1
         if stored is None:
             stored = self._passwords.cached_dummy_hash() or await pool.run(self._passwords.dummy_hash)
-        started = time.perf_counter()
-        result = await pool.run(self._check_password, password, stored)
-        self._verification_seconds.append(time.perf_counter() - started)
-        return result
+        return await pool.run(self._check_password, password, stored)
 
-    def _typical_verification_seconds(self) -> float:
-        """The median of the last verifications' durations (as the caller waited for them)."""
-        if not self._verification_seconds:
+    def _typical_attempt_seconds(self) -> float:
+        """The median duration of the last verified login attempts (as their callers waited)."""
+        if not self._attempt_seconds:
             return 0.0
-        return float(statistics.median(self._verification_seconds))
+        return float(statistics.median(self._attempt_seconds))
 
     def _check_password(self, password: str, stored: str) -> tuple[bool, str | None]:
         if not self._passwords.verify(password, stored):
