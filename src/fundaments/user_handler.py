@@ -292,12 +292,7 @@ class UserHandler:
         verification: asyncio.Future[tuple[bool, str | None]] | None = None
         try:
             async with self._db.transaction() as tx:
-                if device_hash is not None:
-                    claim = await queries.claim_device_attempt(
-                        tx, device_hash, now, self._threshold, self._lock
-                    )
-                else:
-                    claim = await queries.claim_user_attempt(tx, user_id, now, self._threshold, self._lock)
+                claim = await self._claim_attempt(tx, user_id, device_hash, now)
                 if claim is not None:
                     verification = asyncio.ensure_future(self._verify(password, stored))
         except BaseException:
@@ -470,14 +465,7 @@ class UserHandler:
                         await self._audit_failure(tx, LoginFailure.INVALID_CREDENTIALS, audit_name, None, ctx)
                         verification = asyncio.ensure_future(self._verify(password, None))
                     else:
-                        if device_hash is not None:
-                            claim = await queries.claim_device_attempt(
-                                tx, device_hash, now, self._threshold, self._lock
-                            )
-                        else:
-                            claim = await queries.claim_user_attempt(
-                                tx, user.id, now, self._threshold, self._lock
-                            )
+                        claim = await self._claim_attempt(tx, user.id, device_hash, now)
                         if claim is not None:
                             # The claim is ours from here (the row, or SQLite's write lock, is held
                             # until the commit), so the hash may start while the commit is on its way.
@@ -529,6 +517,15 @@ class UserHandler:
             devices=int(row["devices"]),
             ip_claim=ip_claim,
         )
+
+    async def _claim_attempt(
+        self, tx: Executor, user_id: int, device_hash: bytes | None, now: float
+    ) -> Row | None:
+        """Claim a place below the lock threshold — the device's own with a live device cookie of
+        the account, else the account's — or None while that lock holds."""
+        if device_hash is not None:
+            return await queries.claim_device_attempt(tx, device_hash, now, self._threshold, self._lock)
+        return await queries.claim_user_attempt(tx, user_id, now, self._threshold, self._lock)
 
     async def _verify(self, password: str, stored: str | None) -> tuple[bool, str | None]:
         """Whether the password matches, and its upgraded hash when the stored one is due: one trip
