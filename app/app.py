@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from app.console import HERE, Console, Redirect
 from app.secrets_store import SecretStore
 from fundaments.bootstrap import Fundaments
+from fundaments.errors import InvalidArgument
 from fundaments.web import SecurityMiddleware
 
 log = logging.getLogger("app")
@@ -44,14 +45,22 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        titles = {403: "Not allowed", 404: "Not found", 405: "Not allowed"}
+        titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed"}
         return await console.render(
             request,
             "error.html",
             exc.status_code,
             title=titles.get(exc.status_code, "Error"),
-            detail=exc.detail if exc.status_code == 403 else "There is nothing here.",
+            # 400 and 403 details are the console's own fixed sentences; never request text.
+            detail=exc.detail if exc.status_code in (400, 403) else "There is nothing here.",
         )
+
+    async def invalid_argument(request: Request, exc: Exception) -> Response:
+        # A facade refusal (a NUL byte, an over-long id) that no page caught: the client's input, a 400.
+        assert isinstance(exc, InvalidArgument)
+        log.info("refused %s %s: %s", request.method, request.url.path, exc)
+        # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
+        return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
 
     routes = [
         Route("/", console.home),
@@ -88,7 +97,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={Redirect: redirect, HTTPException: http_error},
+        exception_handlers={Redirect: redirect, HTTPException: http_error, InvalidArgument: invalid_argument},
     )
     app.state.secrets = secrets
     return app

@@ -33,6 +33,28 @@ from fundaments.web import authenticated_user, csrf_token, get_context, login, l
 
 log = logging.getLogger("app")
 
+MAX_ID = 2**63 - 1  # the largest id a 64-bit column holds
+
+
+def ascii_number(value: str, maximum: int = MAX_ID) -> int | None:
+    """``value`` as a non-negative int if it is 1-19 ASCII digits not above ``maximum``, else None.
+
+    ``str.isdigit`` alone accepts "²" and "①", which ``int`` then refuses: a 500 from a query string.
+    """
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 19):
+        return None
+    number = int(value)
+    return number if number <= maximum else None
+
+
+def refuse_nul(value: str, name: str) -> str:
+    """``value`` unchanged; a 400 if it contains NUL, which PostgreSQL refuses in text (a driver error)."""
+    if "\x00" in value:
+        raise HTTPException(400, f"The field {name} contains a NUL character; remove it and try again.")
+    return value
+
+
 HERE = Path(__file__).parent
 LOGIN_FAILED = "Invalid username or password."  # every failure reason, a locked account included
 
@@ -82,7 +104,11 @@ def describe_device(user_agent: str) -> str:
 
 def _field(form: FormData, name: str, max_length: int = 1024) -> str:
     value = form.get(name)
-    return value[:max_length] if isinstance(value, str) else ""
+    return refuse_nul(value[:max_length], name) if isinstance(value, str) else ""
+
+
+def _fields(form: FormData, name: str, max_length: int = 1024) -> list[str]:
+    return [refuse_nul(v[:max_length], name) for v in form.getlist(name) if isinstance(v, str)]
 
 
 class Console:
@@ -269,7 +295,7 @@ class Console:
     async def users_create(self, request: Request) -> Response:
         actor = await self.signed_in(request, USERS_PERMISSION)
         form = await request.form()
-        roles = [r for r in form.getlist("roles") if isinstance(r, str)]
+        roles = _fields(form, "roles", 64)
         try:
             await self.security.register_user(
                 _field(form, "username", 256).strip(),
@@ -345,8 +371,7 @@ class Console:
 
 def _audit_filters(query: Mapping[str, str]) -> dict[str, Any]:
     def number(name: str) -> int | None:
-        value = query.get(name, "").strip()
-        return int(value) if value.isdigit() and len(value) < 19 else None
+        return ascii_number(query.get(name, ""))
 
     since = None
     day = query.get("since", "").strip()
@@ -355,7 +380,7 @@ def _audit_filters(query: Mapping[str, str]) -> dict[str, Any]:
             since = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
         except ValueError:
             since = None
-    kind = query.get("kind", "").strip()[:64] or None
+    kind = refuse_nul(query.get("kind", "").strip()[:64], "kind") or None
     return {
         "user_id": number("user_id"),
         "kind": kind,
