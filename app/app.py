@@ -37,7 +37,13 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     console = Console(fundaments.security, secrets, fundaments.settings.app_name)
 
     async def health(_request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "services": fundaments.started()})
+        # Anonymous: says only whether the console can serve, not which services run (issue 14).
+        try:
+            await fundaments.security.get_user(1)  # one primary-key read: the database answers
+        except Exception as exc:  # any failure of the probe: "unavailable"
+            log.warning("health check: the database did not answer (%s)", type(exc).__name__)
+            return JSONResponse({"status": "unavailable"}, 503, headers={"retry-after": "5"})
+        return JSONResponse({"status": "ok"})
 
     async def redirect(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Redirect)

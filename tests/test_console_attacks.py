@@ -90,3 +90,18 @@ def test_ascii_number_takes_ascii_digits_only() -> None:
     for junk in ("²", "①", "٣", "-1", "1e3", "", "12a", "9" * 20, str(2**63)):
         assert ascii_number(junk) is None, junk
     assert ascii_number("1001", maximum=1000) is None
+
+
+# --- 2. /health tells an anonymous client nothing but whether the console serves ----------------
+async def test_health_says_only_ok_and_503_when_the_database_is_gone(
+    fundaments: Fundaments, console: tuple[object, str]
+) -> None:
+    app, _ = console
+    browser = Browser(app)
+    health = await browser.get("/health")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    await fundaments["db"].close()
+    health = await browser.get("/health")
+    assert health.status_code == 503 and health.json() == {"status": "unavailable"}
+    assert health.headers["retry-after"] == "5" and "content-security-policy" in health.headers
+    await browser.close()
