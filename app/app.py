@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from app.console import HERE, Console, Redirect
 from app.secrets_store import SecretStore
@@ -52,7 +53,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed"}
-        return await console.render(
+        page = await console.render(
             request,
             "error.html",
             exc.status_code,
@@ -60,6 +61,10 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
             # 400 and 403 details are the console's own fixed sentences; never request text.
             detail=exc.detail if exc.status_code in (400, 403) else "There is nothing here.",
         )
+        page.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 15.5.6; Starlette's Allow names only the first route's
+            page.headers["allow"] = allowed_methods(routes, request.scope)
+        return page
 
     async def invalid_argument(request: Request, exc: Exception) -> Response:
         # A facade refusal (a NUL byte, an over-long id) that no page caught: the client's input, a 400.
@@ -68,7 +73,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
         return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/", console.home),
         Route("/health", health),
         Route("/login", console.login_page, methods=["GET"]),
@@ -107,6 +112,15 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     )
     app.state.secrets = secrets
     return app
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
+    """The ``Allow`` value for the path of ``scope``: the methods of every route matching it."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 class _Server(uvicorn.Server):

@@ -105,3 +105,29 @@ async def test_health_says_only_ok_and_503_when_the_database_is_gone(
     assert health.status_code == 503 and health.json() == {"status": "unavailable"}
     assert health.headers["retry-after"] == "5" and "content-security-policy" in health.headers
     await browser.close()
+
+
+# --- 3. a 405 names the methods the path has ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/login", "GET, HEAD, POST"),
+        ("DELETE", "/secrets", "GET, HEAD, POST"),
+        ("PATCH", "/logout", "POST"),
+        ("GET", "/sessions/revoke", "POST"),
+        ("PUT", "/dashboard", "GET, HEAD"),
+    ],
+)
+async def test_a_405_carries_allow_with_every_method_of_the_path(
+    console: tuple[object, str], method: str, path: str, allow: str
+) -> None:
+    app, _ = console
+    browser = Browser(app)
+    await browser.get("/login")  # the pre-session CSRF cookie and token
+    response = await browser.http.request(
+        method, path, headers={"origin": "https://console.test", "x-csrf-token": browser.csrf}
+    )
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert "content-security-policy" in response.headers
+    await browser.close()
