@@ -131,3 +131,71 @@ async def test_a_405_carries_allow_with_every_method_of_the_path(
     assert response.headers["allow"] == allow
     assert "content-security-policy" in response.headers
     await browser.close()
+
+
+# --- 4. an action that did nothing says so ------------------------------------------------------
+async def test_revoking_an_unknown_or_foreign_session_says_nothing_was_signed_out(
+    fundaments: Fundaments, console: tuple[object, str]
+) -> None:
+    app, password = console
+    admin = await signed_in_admin(app, password)
+    member = await signed_in_member(fundaments, app)
+    admin_id = await _user(fundaments, "admin")
+    (admin_session,) = await fundaments.security.list_sessions(admin_id)
+    for session_id in ("no-such-session", admin_session.id):
+        page = await member.post("/sessions/revoke", session_id=session_id)
+        assert page.status_code == 404 and "You have no such session; nothing was signed out." in page.text
+        assert "The session was signed out." not in page.text
+    assert [s.id for s in await fundaments.security.list_sessions(admin_id)] == [admin_session.id]
+    alone = await member.post("/sessions/revoke-others")
+    assert "There was no other session to sign out." in alone.text
+    assert "Every other session was signed out." not in alone.text
+    await member.close()
+    await admin.close()
+
+
+async def test_deleting_a_missing_secret_says_nothing_was_deleted(
+    fundaments: Fundaments, console: tuple[object, str]
+) -> None:
+    app, _ = console
+    member = await signed_in_member(fundaments, app)
+    page = await member.post("/secrets/delete", name="never stored")
+    assert page.status_code == 404 and "There is no secret by that name; nothing was deleted." in page.text
+    assert "The secret was deleted." not in page.text
+    await member.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "fields", "says"),
+    [
+        ("grant", {"role": "member"}, "The account already had that role; nothing changed."),
+        ("revoke", {"role": "admin"}, "The account did not have that role; nothing changed."),
+        ("enable", {}, "The account was already enabled; nothing changed."),
+    ],
+)
+async def test_user_actions_that_change_nothing_say_so(
+    fundaments: Fundaments, console: tuple[object, str], action: str, fields: dict[str, str], says: str
+) -> None:
+    app, password = console
+    admin = await signed_in_admin(app, password)
+    bob = await fundaments.security.register_user("bob", BOB_PASSWORD, roles=["member"])
+    page = await admin.post(f"/admin/users/{bob.id}/{action}", **fields)
+    assert says in page.text and 'class="notice warn"' in page.text
+    for success in ("The role was granted.", "The role was revoked.", "The account was enabled."):
+        assert success not in page.text
+    await admin.close()
+
+
+async def test_disabling_twice_says_the_second_time_that_nothing_changed(
+    fundaments: Fundaments, console: tuple[object, str]
+) -> None:
+    app, password = console
+    admin = await signed_in_admin(app, password)
+    bob = await fundaments.security.register_user("bob", BOB_PASSWORD)
+    first = await admin.post(f"/admin/users/{bob.id}/disable")
+    assert "The account was disabled and its sessions ended." in first.text
+    second = await admin.post(f"/admin/users/{bob.id}/disable")
+    assert "The account was already disabled; nothing changed." in second.text
+    unknown = await admin.post("/admin/users/999999/enable")
+    assert unknown.status_code == 400 and "no account has id 999999" in unknown.text
+    await admin.close()
