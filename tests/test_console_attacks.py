@@ -5,6 +5,8 @@ Every test here was checked to fail with the protection it names removed (issue 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -199,3 +201,25 @@ async def test_disabling_twice_says_the_second_time_that_nothing_changed(
     unknown = await admin.post("/admin/users/999999/enable")
     assert unknown.status_code == 400 and "no account has id 999999" in unknown.text
     await admin.close()
+
+
+# --- 5. the console's own database is readable by its owner only ---------------------------------
+def test_console_db_and_its_wal_files_are_mode_0600_whatever_the_umask(tmp_path: Path) -> None:
+    from app.secrets_store import SecretStore
+
+    path = tmp_path / "console.db"
+    previous = os.umask(0o022)
+    try:
+        store = SecretStore(path)
+        store.put(1, "name", "envelope")  # a write: the -wal and -shm files exist now
+        files = [path, path.with_name("console.db-wal"), path.with_name("console.db-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+        for f in files:
+            f.chmod(0o644)  # files from before the fix, the -wal and -shm still in use
+        restarted = SecretStore(path)  # a restart fixes the modes of what it finds
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+        restarted.close()
+        store.close()
+    finally:
+        os.umask(previous)
