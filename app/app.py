@@ -17,12 +17,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from app.console import HERE, Console, Redirect
 from app.secrets_store import SecretStore
 from fundaments.bootstrap import Fundaments
+from fundaments.errors import InvalidArgument
 from fundaments.web import SecurityMiddleware
 
 log = logging.getLogger("app")
@@ -36,7 +38,13 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     console = Console(fundaments.security, secrets, fundaments.settings.app_name)
 
     async def health(_request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "services": fundaments.started()})
+        # Anonymous: says only whether the console can serve, not which services run (issue 14).
+        try:
+            await fundaments.security.get_user(1)  # one primary-key read: the database answers
+        except Exception as exc:  # any failure of the probe: "unavailable"
+            log.warning("health check: the database did not answer (%s)", type(exc).__name__)
+            return JSONResponse({"status": "unavailable"}, 503, headers={"retry-after": "5"})
+        return JSONResponse({"status": "ok"})
 
     async def redirect(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Redirect)
@@ -44,16 +52,28 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        titles = {403: "Not allowed", 404: "Not found", 405: "Not allowed"}
-        return await console.render(
+        titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed"}
+        page = await console.render(
             request,
             "error.html",
             exc.status_code,
             title=titles.get(exc.status_code, "Error"),
-            detail=exc.detail if exc.status_code == 403 else "There is nothing here.",
+            # 400 and 403 details are the console's own fixed sentences; never request text.
+            detail=exc.detail if exc.status_code in (400, 403) else "There is nothing here.",
         )
+        page.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 15.5.6; Starlette's Allow names only the first route's
+            page.headers["allow"] = allowed_methods(routes, request.scope)
+        return page
 
-    routes = [
+    async def invalid_argument(request: Request, exc: Exception) -> Response:
+        # A facade refusal (a NUL byte, an over-long id) that no page caught: the client's input, a 400.
+        assert isinstance(exc, InvalidArgument)
+        log.info("refused %s %s: %s", request.method, request.url.path, exc)
+        # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
+        return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
+
+    routes: list[BaseRoute] = [
         Route("/", console.home),
         Route("/health", health),
         Route("/login", console.login_page, methods=["GET"]),
@@ -88,10 +108,19 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={Redirect: redirect, HTTPException: http_error},
+        exception_handlers={Redirect: redirect, HTTPException: http_error, InvalidArgument: invalid_argument},
     )
     app.state.secrets = secrets
     return app
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
+    """The ``Allow`` value for the path of ``scope``: the methods of every route matching it."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 class _Server(uvicorn.Server):

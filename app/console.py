@@ -24,14 +24,38 @@ from fundaments.errors import (
     AuthenticationError,
     DecryptionError,
     FundamentsError,
+    InvalidArgument,
     PasswordPolicyError,
     PermissionDenied,
     ServiceUnavailable,
+    UnknownUserError,
 )
 from fundaments.security import Security, User
 from fundaments.web import authenticated_user, csrf_token, get_context, login, logout, use_rotated_session
 
 log = logging.getLogger("app")
+
+MAX_ID = 2**63 - 1  # the largest id a 64-bit column holds
+
+
+def ascii_number(value: str, maximum: int = MAX_ID) -> int | None:
+    """``value`` as a non-negative int if it is 1-19 ASCII digits not above ``maximum``, else None.
+
+    ``str.isdigit`` alone accepts "²" and "①", which ``int`` then refuses: a 500 from a query string.
+    """
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 19):
+        return None
+    number = int(value)
+    return number if number <= maximum else None
+
+
+def refuse_nul(value: str, name: str) -> str:
+    """``value`` unchanged; a 400 if it contains NUL, which PostgreSQL refuses in text (a driver error)."""
+    if "\x00" in value:
+        raise HTTPException(400, f"The field {name} contains a NUL character; remove it and try again.")
+    return value
+
 
 HERE = Path(__file__).parent
 LOGIN_FAILED = "Invalid username or password."  # every failure reason, a locked account included
@@ -54,7 +78,22 @@ MESSAGES = {
     "role_revoked": "The role was revoked.",
     "role_created": "The role was created.",
     "logged_out": "You are signed out.",
+    # Nothing changed: said as such, never as a success (issue 14).
+    "no_other_sessions": "There was no other session to sign out.",
+    "user_already_disabled": "The account was already disabled; nothing changed.",
+    "user_already_enabled": "The account was already enabled; nothing changed.",
+    "role_already_held": "The account already had that role; nothing changed.",
+    "role_not_held": "The account did not have that role; nothing changed.",
 }
+UNCHANGED = frozenset(  # shown as a warning, not a success
+    {
+        "no_other_sessions",
+        "user_already_disabled",
+        "user_already_enabled",
+        "role_already_held",
+        "role_not_held",
+    }
+)
 
 
 class Redirect(Exception):  # control flow: "go there instead", not an error
@@ -82,7 +121,11 @@ def describe_device(user_agent: str) -> str:
 
 def _field(form: FormData, name: str, max_length: int = 1024) -> str:
     value = form.get(name)
-    return value[:max_length] if isinstance(value, str) else ""
+    return refuse_nul(value[:max_length], name) if isinstance(value, str) else ""
+
+
+def _fields(form: FormData, name: str, max_length: int = 1024) -> list[str]:
+    return [refuse_nul(v[:max_length], name) for v in form.getlist(name) if isinstance(v, str)]
 
 
 class Console:
@@ -106,7 +149,8 @@ class Console:
             for key, permission in (("users", USERS_PERMISSION), ("roles", ROLES_PERMISSION),
                                     ("audit", AUDIT_PERMISSION)):  # fmt: skip
                 nav[key] = await self.security.check_permission(user.id, permission)
-        message = MESSAGES.get(request.query_params.get("m", ""))
+        key = request.query_params.get("m", "")
+        message = MESSAGES.get(key)
         html = await self.templates.get_template(template).render_async(
             request=request,
             user=user,
@@ -114,6 +158,7 @@ class Console:
             csrf=csrf_token(request),
             app_name=self.app_name,
             message=message,
+            message_class="warn" if key in UNCHANGED else "ok",
             path=request.url.path,
             **values,
         )
@@ -195,29 +240,37 @@ class Console:
             secrets=len(self.secrets.names(user.id)),
         )
 
-    async def sessions_page(self, request: Request) -> Response:
+    async def sessions_page(
+        self, request: Request, *, status: int = 200, error: str | None = None
+    ) -> Response:
         user = await self.signed_in(request)
         current = get_context(request).session
         return await self.render(
             request,
             "sessions.html",
+            status,
             sessions=await self.security.list_sessions(user.id),
             current_id=current.id if current else None,
+            error=error,
         )
 
     async def sessions_revoke(self, request: Request) -> Response:
         user = await self.signed_in(request)
         form = await request.form()
-        await self.security.revoke_session(user.id, _field(form, "session_id", 64))
+        if not await self.security.revoke_session(user.id, _field(form, "session_id", 64)):
+            # Unknown, already ended, or another user's: the same answer for each.
+            error = "You have no such session; nothing was signed out."
+            return await self.sessions_page(request, status=404, error=error)
         return RedirectResponse("/sessions?m=session_revoked", 303)
 
     async def sessions_revoke_others(self, request: Request) -> Response:
         user = await self.signed_in(request)
         current = get_context(request).session
+        ended = 0
         for session in await self.security.list_sessions(user.id):
             if current is None or session.id != current.id:
-                await self.security.revoke_session(user.id, session.id)
-        return RedirectResponse("/sessions?m=others_revoked", 303)
+                ended += await self.security.revoke_session(user.id, session.id)
+        return RedirectResponse(f"/sessions?m={'others_revoked' if ended else 'no_other_sessions'}", 303)
 
     async def secrets_page(self, request: Request, *, status: int = 200, **values: Any) -> Response:
         user = await self.signed_in(request)
@@ -255,7 +308,9 @@ class Console:
     async def secrets_delete(self, request: Request) -> Response:
         user = await self.signed_in(request)
         form = await request.form()
-        self.secrets.delete(user.id, _field(form, "name", MAX_NAME))
+        if not self.secrets.delete(user.id, _field(form, "name", MAX_NAME)):
+            error = "There is no secret by that name; nothing was deleted."
+            return await self.secrets_page(request, status=404, error=error)
         return RedirectResponse("/secrets?m=secret_deleted", 303)
 
     # --- administration ------------------------------------------------------------------------
@@ -269,7 +324,7 @@ class Console:
     async def users_create(self, request: Request) -> Response:
         actor = await self.signed_in(request, USERS_PERMISSION)
         form = await request.form()
-        roles = [r for r in form.getlist("roles") if isinstance(r, str)]
+        roles = _fields(form, "roles", 64)
         try:
             await self.security.register_user(
                 _field(form, "username", 256).strip(),
@@ -286,26 +341,40 @@ class Console:
         actor = await self.signed_in(request, USERS_PERMISSION)
         form = await request.form()
         action = request.path_params["action"]
+        if action not in ("disable", "enable", "unlock", "grant", "revoke"):
+            raise HTTPException(404)
+        user_id: int = request.path_params["user_id"]  # the route's int convertor: ASCII digits
         try:
-            user_id = int(request.path_params["user_id"])
-            if action == "disable":
-                if user_id == actor.id:
-                    return await self.users_page(request, status=400, error="You cannot disable yourself.")
-                await self.security.disable_user(user_id, actor_user_id=actor.id)
-            elif action == "enable":
-                await self.security.enable_user(user_id, actor_user_id=actor.id)
-            elif action == "unlock":
-                await self.security.unlock_user(user_id, actor_user_id=actor.id)
-            elif action in ("grant", "revoke"):
-                change = self.security.grant_role if action == "grant" else self.security.revoke_role
-                await change(user_id, _field(form, "role", 64), actor_user_id=actor.id)
-            else:
-                raise HTTPException(404)
-        except (FundamentsError, ValueError) as exc:
+            done = await self._user_action(actor, action, user_id, form)
+        except FundamentsError as exc:  # unknown user or role, a refused change: the message says which
             return await self.users_page(request, status=400, error=str(exc))
-        done = {"disable": "user_disabled", "enable": "user_enabled", "unlock": "user_unlocked",
-                "grant": "role_granted", "revoke": "role_revoked"}[action]  # fmt: skip
         return RedirectResponse(f"/admin/users?m={done}", 303)
+
+    async def _user_action(self, actor: User, action: str, user_id: int, form: FormData) -> str:
+        """Do ``action`` to the account; the key of the message saying what happened (or that nothing did)."""
+        if action in ("grant", "revoke"):
+            change = self.security.grant_role if action == "grant" else self.security.revoke_role
+            changed = await change(user_id, _field(form, "role", 64), actor_user_id=actor.id)
+            if action == "grant":
+                return "role_granted" if changed else "role_already_held"
+            return "role_revoked" if changed else "role_not_held"
+        if action == "unlock":
+            await self.security.unlock_user(user_id, actor_user_id=actor.id)
+            return "user_unlocked"
+        target = await self.security.get_user(user_id)
+        if target is None:
+            raise UnknownUserError(f"no account has id {user_id}")
+        if action == "disable":
+            if user_id == actor.id:
+                raise InvalidArgument("You cannot disable yourself.")
+            if target.is_disabled:
+                return "user_already_disabled"
+            await self.security.disable_user(user_id, actor_user_id=actor.id)
+            return "user_disabled"
+        if not target.is_disabled:
+            return "user_already_enabled"
+        await self.security.enable_user(user_id, actor_user_id=actor.id)
+        return "user_enabled"
 
     async def roles_page(self, request: Request, *, status: int = 200, error: str | None = None) -> Response:
         await self.signed_in(request, ROLES_PERMISSION)
@@ -345,8 +414,7 @@ class Console:
 
 def _audit_filters(query: Mapping[str, str]) -> dict[str, Any]:
     def number(name: str) -> int | None:
-        value = query.get(name, "").strip()
-        return int(value) if value.isdigit() and len(value) < 19 else None
+        return ascii_number(query.get(name, ""))
 
     since = None
     day = query.get("since", "").strip()
@@ -355,7 +423,7 @@ def _audit_filters(query: Mapping[str, str]) -> dict[str, Any]:
             since = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
         except ValueError:
             since = None
-    kind = query.get("kind", "").strip()[:64] or None
+    kind = refuse_nul(query.get("kind", "").strip()[:64], "kind") or None
     return {
         "user_id": number("user_id"),
         "kind": kind,

@@ -8,12 +8,22 @@ decrypt. The queries are a few microseconds, so they run on the event loop.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 MAX_NAME = 100
 MAX_VALUE = 10_000
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only (mode 0600, whatever the umask), or make it so."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT; and the umask
+    finally:
+        os.close(fd)
 
 
 def secret_context(user_id: int, name: str) -> str:
@@ -24,6 +34,11 @@ class SecretStore:
     """Encrypted secrets per user, in ``<data_dir>/console.db``."""
 
     def __init__(self, path: Path) -> None:
+        _private_file(path)  # before SQLite opens it: created 0600, or an existing one set to 0600
+        for suffix in ("-wal", "-shm", "-journal"):  # SQLite gives new ones the database file's mode
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                sidecar.chmod(0o600)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
