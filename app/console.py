@@ -96,6 +96,11 @@ UNCHANGED = frozenset(  # shown as a warning, not a success
 )
 
 
+
+def _refusal_status(exc: FundamentsError) -> int:
+    """403 for a change the actor may not make (delegation), else 400 (bad input, unknown name)."""
+    return 403 if isinstance(exc, PermissionDenied) else 400
+
 class Redirect(Exception):  # control flow: "go there instead", not an error
     def __init__(self, location: str) -> None:
         self.location = location
@@ -334,7 +339,7 @@ class Console:
                 actor_user_id=actor.id,
             )
         except FundamentsError as exc:  # policy, taken name, bad role: the message says which
-            return await self.users_page(request, status=400, error=str(exc))
+            return await self.users_page(request, status=_refusal_status(exc), error=str(exc))
         return RedirectResponse("/admin/users?m=user_created", 303)
 
     async def users_action(self, request: Request) -> Response:
@@ -347,7 +352,7 @@ class Console:
         try:
             done = await self._user_action(actor, action, user_id, form)
         except FundamentsError as exc:  # unknown user or role, a refused change: the message says which
-            return await self.users_page(request, status=400, error=str(exc))
+            return await self.users_page(request, status=_refusal_status(exc), error=str(exc))
         return RedirectResponse(f"/admin/users?m={done}", 303)
 
     async def _user_action(self, actor: User, action: str, user_id: int, form: FormData) -> str:
@@ -396,7 +401,7 @@ class Console:
                 actor_user_id=actor.id,
             )
         except FundamentsError as exc:
-            return await self.roles_page(request, status=400, error=str(exc))
+            return await self.roles_page(request, status=_refusal_status(exc), error=str(exc))
         return RedirectResponse("/admin/roles?m=role_created", 303)
 
     async def audit_page(self, request: Request) -> Response:

@@ -161,3 +161,39 @@ async def test_the_check_reads_the_actors_permissions_fresh(security: Security, 
     await security.set_role_permissions("user-admin", ["console:users"])
     with pytest.raises(PermissionDenied, match="tickets:read"):
         await security.grant_role(bob.id, "reader", actor_user_id=helpdesk.id)
+
+
+# --- through the console, as the penetration test did it --------------------------------------------
+async def test_a_console_user_admin_cannot_make_itself_admin_or_disable_the_administrator(
+    fundaments, tmp_path
+) -> None:
+    from tests.test_web_console import Browser, build_app, ensure_admin
+
+    security: Security = fundaments.security
+    password = await ensure_admin(security)
+    assert password is not None
+    app = build_app(fundaments, data_dir=tmp_path / "app-data")
+    try:
+        await security.create_role("user-admin", ["console:users"])
+        helpdesk = await security.register_user("helpdesk", PASSWORD, roles=["user-admin"])
+        root = await security.get_user_by_username("admin")
+        assert root is not None
+        browser = Browser(app)
+        await browser.get("/login")
+        assert (await browser.post("/login", username="helpdesk", password=PASSWORD)).url.path == "/dashboard"
+        await browser.get("/admin/users")
+        grant = await browser.post(f"/admin/users/{helpdesk.id}/grant", role="admin")
+        assert grant.status_code == 403 and "does not hold *" in grant.text
+        create = await browser.post("/admin/users", username="mallory", password=PASSWORD, roles="admin")
+        assert create.status_code == 403
+        disable = await browser.post(f"/admin/users/{root.id}/disable")
+        assert disable.status_code == 403
+        assert await security.user_roles(helpdesk.id) == ["user-admin"]
+        assert await security.get_user_by_username("mallory") is None
+        assert not (await security.get_user(root.id)).is_disabled  # type: ignore[union-attr]
+        assert len(await denials(security)) == 3
+        fine = await browser.post("/admin/users", username="carol", password=PASSWORD, roles="member")
+        assert fine.status_code == 200 and await security.get_user_by_username("carol") is not None
+        await browser.close()
+    finally:
+        app.state.secrets.close()
