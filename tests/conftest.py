@@ -121,6 +121,7 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "database_url": database_url,
             "master_encryption_key": TEST_MASTER_KEY,
             "persistent_encryption_salt": TEST_SALT,
+            "mail_url": f"file://{tmp_path}/outbox",  # never ./var/outbox of the checkout
             **FAST_HASHING,
             **overrides,
         }

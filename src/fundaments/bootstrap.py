@@ -20,6 +20,7 @@ from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, configure_logging, degraded_services, load_settings
 from fundaments.encryption import EncryptionService
 from fundaments.errors import PasswordPolicyError, StorageError, UserExistsError
+from fundaments.mail import Mailer
 from fundaments.passwords import PasswordService
 from fundaments.security import Security
 from fundaments.sessions import SessionManager
@@ -36,6 +37,7 @@ SERVICE_KEYS = (
     "sessions",
     "access_control",
     "audit",
+    "mail",
     "security",
 )
 
@@ -73,7 +75,7 @@ class Fundaments(Mapping[str, Any]):
         if self._closed:
             return
         self._closed = True
-        for key in ("access_control", "sessions", "user_handler"):
+        for key in ("mail", "access_control", "sessions", "user_handler"):
             service = self._services.get(key)
             if service is not None:
                 await service.close()
@@ -172,9 +174,11 @@ async def initialize_fundaments(
         user_handler = UserHandler(db, settings, clock, audit, passwords)
         sessions = SessionManager(db, settings, clock, audit)
         access_control = AccessControl(db, settings, clock, audit)
+        mail = Mailer(db, settings, clock, audit, encryption)
         await user_handler.start()
         await sessions.start()
         await access_control.start()
+        await mail.start()
     except BaseException:
         await db.close()
         raise
@@ -186,6 +190,7 @@ async def initialize_fundaments(
         "sessions": sessions,
         "access_control": access_control,
         "audit": audit,
+        "mail": mail,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

@@ -11,12 +11,14 @@ to fix it. Empty values count as absent.
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -30,6 +32,7 @@ from pydantic_settings import (
 )
 
 from fundaments.config.database import DatabaseURL, parse_database_url
+from fundaments.config.mail import DEFAULT_MAIL_URL, MailURL, parse_mail_url
 from fundaments.errors import ConfigurationError
 
 ENV_FILE_VARIABLE = "FUNDAMENTS_ENV_FILE"
@@ -172,6 +175,13 @@ class Settings(BaseSettings):
     rbac_default_roles: bool = True  # first start creates `admin` (*) and `member` (nothing)
     rbac_refresh_seconds: float = Field(default=0.5, ge=0.05, le=60)  # poll for changes by other instances
 
+    # --- mail -----------------------------------------------------------------------------------
+    mail_url: SecretStr = Field(default=SecretStr(DEFAULT_MAIL_URL))  # may hold the SMTP password
+    mail_from: str = Field(default="fundaments <no-reply@localhost>", min_length=3, max_length=254)
+    public_base_url: str = Field(default="http://127.0.0.1:8000", min_length=8, max_length=500)
+    mail_max_attempts: int = Field(default=10, ge=1, le=100)  # then the mail is given up (audited)
+    mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=3600)  # first retry; doubles, max 1 h
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -241,6 +251,35 @@ class Settings(BaseSettings):
         parse_database_url(raw)  # raises ValueError with the explanation
         return SecretStr(raw)
 
+    @field_validator("mail_url")
+    @classmethod
+    def _check_mail_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        _placeholder_check("MAIL_URL", raw)
+        parse_mail_url(raw)  # raises ValueError with the explanation
+        return SecretStr(raw)
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_mail_from(cls, value: str) -> str:
+        _name, address = email.utils.parseaddr(value)
+        if "@" not in address or any(c in value for c in "\r\n"):
+            raise ValueError(
+                f"MAIL_FROM {value!r} is not a mail address; use 'Name <no-reply@example.com>' or an address"
+            )
+        return value.strip()
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                f"PUBLIC_BASE_URL {value!r} must be the site's address, like https://example.com "
+                "(links in mails start with it)"
+            )
+        return value.strip().rstrip("/")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
@@ -290,6 +329,10 @@ class Settings(BaseSettings):
         return parse_database_url(self.database_url.get_secret_value())
 
     @property
+    def mail(self) -> MailURL:
+        return parse_mail_url(self.mail_url.get_secret_value())
+
+    @property
     def encryption_configured(self) -> bool:
         return self.master_encryption_key is not None and self.persistent_encryption_salt is not None
 
@@ -312,9 +355,9 @@ class Settings(BaseSettings):
             if value is not None:
                 secrets_.append(value.get_secret_value())
         secrets_.extend(self.previous_master_keys)
-        password = self.database.password
-        if password:
-            secrets_.append(password)
+        for password in (self.database.password, self.mail.password):
+            if password:
+                secrets_.append(password)
         return [s for s in secrets_ if len(s) >= 4]
 
 
@@ -325,6 +368,8 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         value = getattr(settings, name)
         if name == "database_url":
             shown = settings.database.masked
+        elif name == "mail_url":
+            shown = settings.mail.masked
         elif isinstance(value, SecretStr):
             shown = f"********** ({len(value.get_secret_value())} characters)"
         elif value is None:

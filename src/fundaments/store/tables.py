@@ -175,3 +175,19 @@ audit_checkpoints = Table(  # the verified chain head every so often, MAC'ed wit
     Column("key_id", String(32), nullable=True),  # which master key the MAC is under (rotation)
     Column("mac", String(64), nullable=True),  # HMAC-SHA256 under a key derived from the master key
 )
+
+mail_outbox = Table(  # mails waiting to be sent: written in the transaction that asks for them
+    f"{PREFIX}mail_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("kind", String(64), nullable=False),  # what the mail is for: password_reset, test, ...
+    Column("recipient", String(254), nullable=False),
+    Column("message", Text, nullable=False),  # the RFC 5322 message; an AEAD envelope with encryption on
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("claimed_until", Timestamp, nullable=True),  # a sender's lease: a crashed one's expires
+    Column("last_error", String(500), nullable=True),
+    Column("failed_at", Timestamp, nullable=True),  # given up on after the last retry (kept, not sent)
+)
+Index(f"ix_{PREFIX}mail_outbox_due", mail_outbox.c.failed_at, mail_outbox.c.next_attempt_at)
