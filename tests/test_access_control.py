@@ -553,6 +553,7 @@ async def test_a_load_that_raced_a_change_is_not_cached(
     from fundaments.store import rbac
 
     security = fundaments.security
+    await security.grant_role(await add_user(fundaments["db"]), "admin")  # not the last administrator
     user = await add_user(fundaments["db"])
     await security.grant_role(user, "admin")
     real_load_user = rbac.load_user

@@ -30,6 +30,7 @@ async def helpdesk(security: Security) -> User:
 
 @pytest.fixture
 async def admin(security: Security) -> User:
+    await security.register_user("keeper", PASSWORD, roles=["admin"])  # root is not the last admin
     return await security.register_user("root", PASSWORD, roles=["admin"])
 
 

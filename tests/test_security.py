@@ -111,6 +111,7 @@ async def test_change_password_keeps_only_the_current_session_with_a_new_token(
 async def test_disable_ends_every_session_and_permission_then_enable_restores_login(
     security: Security, request_data
 ) -> None:
+    await security.register_user("keeper@example.com", PASSWORD, roles=["admin"])  # not the last admin
     user = await security.register_user("dev@example.com", PASSWORD, roles=["admin"])
     login = await security.user_login("dev@example.com", PASSWORD, request_data)
     assert login.session and login.session.token

@@ -27,7 +27,7 @@ from typing import Any
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
 from fundaments.config import Settings
-from fundaments.errors import PermissionDenied, RoleError, UnknownUserError
+from fundaments.errors import LastAdministratorError, PermissionDenied, RoleError, UnknownUserError
 from fundaments.models import RequestContext, Role, storable_text
 from fundaments.store import Database, Executor, Row
 from fundaments.store import rbac as queries
@@ -35,6 +35,7 @@ from fundaments.store import rbac as queries
 log = logging.getLogger(__name__)
 
 MAX_ROLE_NAME = 64  # fundaments_roles.name
+ADMINISTRATORS_SHOWN = 10  # holders of `*` read per role by the last-administrator guard
 MAX_PERMISSION = 128  # fundaments_role_permissions.permission
 MAX_DESCRIPTION = 1_000
 MAX_PERMISSIONS_PER_ROLE = 1_000
@@ -445,6 +446,30 @@ class AccessControl:
             permission=permission if isinstance(permission, str) else None,
         )
 
+    # --- the last administrator ---------------------------------------------------------------
+    async def administrators(self, tx: Executor) -> frozenset[int]:
+        """Enabled accounts whose effective permissions include ``*`` (up to ADMINISTRATORS_SHOWN
+        per role: enough to tell none from some), as ``tx`` sees them.
+
+        Call it after the transaction's first statement took the RBAC lock (``invalidate_user``,
+        ``bump_version``), so concurrent changes are counted one after the other."""
+        policy = _Policy(await queries.load_policy(tx))
+        found: set[int] = set()
+        for role in sorted(policy.names):
+            if "*" in policy.effective(role):
+                found.update(await queries.active_holders(tx, role, ADMINISTRATORS_SHOWN))
+        return frozenset(found)
+
+    async def keep_an_administrator(self, tx: Executor, before: frozenset[int]) -> None:
+        """Raise LastAdministratorError (rolling ``tx`` back) when the change made in ``tx`` left no
+        administrator where ``before`` had one."""
+        if before and not await self.administrators(tx):
+            shown = ", ".join(str(uid) for uid in sorted(before))
+            raise LastAdministratorError(
+                f"refused: it would leave no active account holding * (the last administrator: user "
+                f"{shown}); grant the admin role to another account first"
+            )
+
     # --- delegation ----------------------------------------------------------------------------
     async def require_delegation(
         self,
@@ -563,7 +588,9 @@ class AccessControl:
         if grant:
             changed = await queries.grant(tx, user_id, role, self._clock.now(), actor)
         else:
+            before = await self.administrators(tx)
             changed = await queries.revoke(tx, user_id, role)
+            await self.keep_an_administrator(tx, before)
         if changed:
             await queries.bump_privilege_epoch(tx, user_id)
             await self._audit.record(
@@ -631,8 +658,10 @@ class AccessControl:
         async with self._db.transaction() as tx:
             version = await queries.bump_version(tx)
             role = await self._role_id(tx, name)
+            before = await self.administrators(tx)
             affected = await queries.bump_privilege_epochs_of_role(tx, role)
             await queries.delete_role(tx, role)
+            await self.keep_an_administrator(tx, before)
             await self._audit.record(
                 "role.deleted", tx=tx, actor_user_id=actor, details={"role": name, "affected_users": affected}
             )
@@ -652,8 +681,10 @@ class AccessControl:
             if current == wanted:
                 return
             added, removed = sorted(wanted - current), sorted(current - wanted)
+            before = await self.administrators(tx)
             await queries.remove_permissions(tx, role, removed)
             await queries.add_permissions(tx, role, added)
+            await self.keep_an_administrator(tx, before)
             affected = await queries.bump_privilege_epochs_of_role(tx, role)
             await self._audit.record(
                 "role.updated",
@@ -683,7 +714,9 @@ class AccessControl:
             cycle = find_cycle(edges, name)
             if cycle is not None:
                 raise RoleError("inheritance cycle refused: " + " -> ".join(cycle))
+            before = await self.administrators(tx)
             await queries.set_parents(tx, role, parent_ids)
+            await self.keep_an_administrator(tx, before)
             affected = await queries.bump_privilege_epochs_of_role(tx, role)
             await self._audit.record(
                 "role.updated",

@@ -81,6 +81,10 @@ class PermissionDenied(FundamentsError):
         self.permission = permission
 
 
+class LastAdministratorError(FundamentsError):
+    """The change would leave no active account holding ``*``: nobody could administer any more."""
+
+
 class RoleError(FundamentsError, ValueError):
     """A role operation is invalid: unknown role, bad name, inheritance cycle."""
 

@@ -332,17 +332,29 @@ class UserHandler:
             await queries.reset_user_failures(tx, user_id, self._clock.now())
 
     async def set_password(
-        self, tx: Executor, user_id: int, password_hash: str, *, actor_user_id: int | None = None
+        self,
+        tx: Executor,
+        user_id: int,
+        password_hash: str,
+        *,
+        actor_user_id: int | None = None,
+        must_change: bool = False,
     ) -> None:
-        """Store a new hash; bumps the privilege epoch and clears must_change_password."""
+        """Store a new hash; bumps the privilege epoch and sets must_change_password as given
+        (cleared by default: the owner chose it). Audited ``password.changed``, with ``set_by``
+        when another account set it."""
         if self._passwords.identify(password_hash) is None:
             raise InvalidPasswordHashError(
                 "password_hash is not a supported hash (prepare_password makes one)"
             )
-        if not await queries.set_password(tx, user_id, password_hash, self._clock.now()):
+        now = self._clock.now()
+        if not await queries.set_password(tx, user_id, password_hash, now, must_change=must_change):
             raise UnknownUserError(f"no account has id {user_id}")
+        details = {"must_change": must_change}
+        if actor_user_id is not None and actor_user_id != user_id:
+            details["set_by_administrator"] = True
         await self._audit.record(
-            "password.changed", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id
+            "password.changed", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id, details=details
         )
 
     async def set_disabled(
@@ -358,6 +370,11 @@ class UserHandler:
         """Enable an account in a transaction of its own."""
         async with self._db.transaction() as tx:
             await self.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
+
+    async def clear_lock(self, tx: Executor, user_id: int) -> None:
+        """Clear the account's (and its devices') failure counts and locks in ``tx``, unaudited:
+        for a caller whose own event says why (an administrator's password reset)."""
+        await queries.unlock_user(tx, user_id, self._clock.now())
 
     async def unlock(self, user_id: int, *, actor_user_id: int | None = None) -> None:
         """Clear the account's lock, failure count and backoff, and those of its devices."""

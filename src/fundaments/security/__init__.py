@@ -23,6 +23,7 @@ from fundaments.models import (
 from fundaments.security._core import CORE_SERVICES
 from fundaments.security.access import AccessPart
 from fundaments.security.accounts import AccountsPart
+from fundaments.security.administration import AdministrationPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
@@ -49,7 +50,9 @@ __all__ = [
 ]
 
 
-class Security(AccountsPart, SessionsPart, AccessPart, EncryptionPart, AuditPart, KeyRotationPart):
+class Security(
+    AccountsPart, AdministrationPart, SessionsPart, AccessPart, EncryptionPart, AuditPart, KeyRotationPart
+):
     """One object for every security action. Build it with ``initialize_fundaments()``.
 
     ``Security(services)`` with a core service missing raises

@@ -1,4 +1,4 @@
-"""The accounts part of the facade: registration, login, passwords, disabling and unlocking."""
+"""The accounts part of the facade: registration, reading accounts, login, changing one's password."""
 
 from __future__ import annotations
 
@@ -26,13 +26,6 @@ class AccountsPart(SecurityCore):
     async def list_users(self, *, limit: int = 100, offset: int = 0) -> list[User]:
         """Accounts in id order, ``limit`` (at most 1,000) from ``offset``."""
         return await self._users.list(limit, offset)
-
-    async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
-        """Clear the account's lock, failure count and backoff (audited ``account.unlocked``)."""
-        user_id = user_id_argument(user_id)
-        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
-        await self._access.require_delegation(actor_user_id, "unlock this account", subject_user_id=user_id)
-        await self._users.unlock(user_id, actor_user_id=actor_user_id)
 
     async def register_user(
         self,
@@ -159,25 +152,3 @@ class AccountsPart(SecurityCore):
             rotated = await self._sessions.rotate(tx, current.id) if current else None
         self._sessions.invalidate_cache()
         return rotated
-
-    async def disable_user(self, user_id: int, *, actor_user_id: int | None = None) -> int:
-        """Disable an account: it cannot log in, every session ends at once and its permission
-        checks answer False everywhere within a second. Returns how many sessions ended."""
-        user_id = user_id_argument(user_id)
-        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
-        await self._access.require_delegation(actor_user_id, "disable this account", subject_user_id=user_id)
-        async with self._transaction() as tx:
-            await self._access.invalidate_user(tx, user_id)  # first: the RBAC lock, then the user row
-            await self._users.set_disabled(tx, user_id, True, actor_user_id=actor_user_id)
-            ended = await self._sessions.revoke_all(user_id, tx=tx, reason="user_disabled")
-        self._sessions.invalidate_cache()
-        return ended
-
-    async def enable_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
-        """Re-enable a disabled account (audited ``user.enabled``); it logs in afresh."""
-        user_id = user_id_argument(user_id)
-        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
-        await self._access.require_delegation(actor_user_id, "enable this account", subject_user_id=user_id)
-        async with self._transaction() as tx:
-            await self._access.invalidate_user(tx, user_id)
-            await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)

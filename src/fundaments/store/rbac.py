@@ -197,3 +197,15 @@ async def bump_privilege_epochs_of_role(tx: Executor, role: int) -> int:
         ") SELECT id FROM heirs))",
         role,
     )
+
+
+
+async def active_holders(db: Executor, role_id: int, limit: int) -> list[int]:
+    """Ids of up to ``limit`` enabled accounts holding ``role_id`` directly."""
+    rows = await db.fetch(
+        "SELECT ur.user_id FROM fundaments_user_roles ur JOIN fundaments_users u ON u.id = ur.user_id "
+        "WHERE ur.role_id = $1 AND NOT u.is_disabled ORDER BY ur.user_id LIMIT $2",
+        role_id,
+        limit,
+    )
+    return [int(r["user_id"]) for r in rows]

@@ -195,13 +195,16 @@ async def unlock_user(tx: Executor, user_id: int, now: float) -> bool:
     return changed > 0
 
 
-async def set_password(tx: Executor, user_id: int, password_hash: str, now: float) -> bool:
+async def set_password(
+    tx: Executor, user_id: int, password_hash: str, now: float, *, must_change: bool = False
+) -> bool:
     changed = await tx.execute(
         "UPDATE fundaments_users SET password_hash = $2, password_changed_at = $3, updated_at = $3, "
-        "must_change_password = FALSE, privilege_epoch = privilege_epoch + 1 WHERE id = $1",
+        "must_change_password = $4, privilege_epoch = privilege_epoch + 1 WHERE id = $1",
         user_id,
         password_hash,
         now,
+        must_change,
     )
     return changed > 0
 
