@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -33,6 +34,8 @@ from fundaments.errors import InvalidArgument
 from fundaments.web import SecurityMiddleware
 
 log = logging.getLogger("app")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette:
@@ -78,7 +81,27 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
         return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
 
-    routes: list[BaseRoute] = [
+    routes = console_routes(console, health)
+    middleware = [
+        Middleware(
+            SecurityMiddleware,
+            security=fundaments.security,
+            trusted_proxies=fundaments.settings.trusted_proxies,
+            public_paths=["/static/"],
+        )
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={Redirect: redirect, HTTPException: http_error, InvalidArgument: invalid_argument},
+    )
+    app.state.secrets = secrets
+    return app
+
+
+def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
+    """The console's route table (tests read it: every admin POST must refuse a non-admin)."""
+    return [
         Route("/", console.home),
         Route("/health", health),
         Route("/login", console.login_page, methods=["GET"]),
@@ -102,21 +125,6 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         Route("/admin/audit", console.audit_page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    middleware = [
-        Middleware(
-            SecurityMiddleware,
-            security=fundaments.security,
-            trusted_proxies=fundaments.settings.trusted_proxies,
-            public_paths=["/static/"],
-        )
-    ]
-    app = Starlette(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers={Redirect: redirect, HTTPException: http_error, InvalidArgument: invalid_argument},
-    )
-    app.state.secrets = secrets
-    return app
 
 
 def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:

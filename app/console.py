@@ -64,6 +64,7 @@ LOGIN_FAILED = "Invalid username or password."  # every failure reason, a locked
 PASSWORDS_DIFFER = "The two new passwords do not match."
 
 USERS_PERMISSION = "console:users"
+USER_ACTIONS = ("disable", "enable", "unlock", "grant", "revoke")  # /admin/users/<id>/<action>
 ROLES_PERMISSION = "console:roles"
 AUDIT_PERMISSION = "console:audit"
 
@@ -371,7 +372,7 @@ class Console:
         actor = await self.signed_in(request, USERS_PERMISSION)
         form = await request.form()
         action = request.path_params["action"]
-        if action not in ("disable", "enable", "unlock", "grant", "revoke"):
+        if action not in USER_ACTIONS:
             raise HTTPException(404)
         user_id: int = request.path_params["user_id"]  # the route's int convertor: ASCII digits
         try:

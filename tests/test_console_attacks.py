@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import Route
 
 from fundaments import initialize_fundaments
 from fundaments.bootstrap import Fundaments, ensure_admin
@@ -318,3 +319,60 @@ async def test_a_full_hashing_pool_is_a_503_with_retry_after_not_a_500(
     finally:
         app.state.secrets.close()
         await started.close()
+
+
+# --- 8. every admin POST refuses a member ---------------------------------------------------------
+def admin_posts() -> list[tuple[str, str | None]]:
+    """Every POST route under /admin, read from the console's own route table, one entry per action."""
+    from app.app import console_routes
+    from app.console import USER_ACTIONS, Console
+
+    unbuilt = object.__new__(Console)  # the table only names the handlers: no services are needed
+    posts: list[tuple[str, str | None]] = []
+    for route in console_routes(unbuilt, health=unbuilt.home):
+        if isinstance(route, Route) and "POST" in (route.methods or ()) and route.path.startswith("/admin"):
+            actions = USER_ACTIONS if "{action}" in route.path else (None,)
+            posts += [(route.path, action) for action in actions]
+    return posts
+
+
+ADMIN_POSTS = admin_posts()
+FORM = {"role": "admin", "username": "mallory", "password": "a long and private passphrase 2",
+        "roles": "admin", "name": "owned", "permissions": "*", "inherits": "admin"}  # fmt: skip
+ACCOUNT_TABLES = ("users", "user_roles", "roles", "role_permissions", "role_inherits", "devices")
+
+
+def test_the_admin_route_table_is_read_and_has_the_grant_route() -> None:
+    assert ("/admin/users/{user_id:int}/{action}", "grant") in ADMIN_POSTS
+    assert {"/admin/users", "/admin/roles"} <= {path for path, _ in ADMIN_POSTS}
+
+
+@pytest.mark.parametrize("target", ["bob", "admin", "carol"])  # self, the administrator, a disabled one
+@pytest.mark.parametrize(("template", "action"), ADMIN_POSTS, ids=[f"{p}:{a}" for p, a in ADMIN_POSTS])
+async def test_every_admin_post_refuses_a_member_and_changes_nothing(
+    fundaments: Fundaments, console: tuple[object, str], template: str, action: str | None, target: str
+) -> None:
+    app, _ = console
+    security, db = fundaments.security, fundaments["db"]
+    member = await signed_in_member(fundaments, app)
+    carol = await security.register_user("carol", BOB_PASSWORD, roles=["member"])
+    await security.disable_user(carol.id)
+    for username in ("bob", "admin", "carol"):  # failures an unlock would clear
+        await security.user_login(username, "not the password", {"ip_address": "192.0.2.1", "user_agent": UA})
+
+    async def state() -> list[list[tuple[object, ...]]]:
+        return [
+            [tuple(row) for row in await db.fetch(f"SELECT * FROM fundaments_{t}")] for t in ACCOUNT_TABLES
+        ]
+
+    before = await state()
+    path = template.replace("{user_id:int}", str(await _user(fundaments, target)))
+    path = path.replace("{action}", action or "")
+    assert "{" not in path, f"teach this test how to fill the parameters of {template}"
+    fields = {"csrf_token": member.csrf, **FORM}
+    page = await member.http.post(path, data=fields, headers={"origin": BASE})  # no redirect followed
+    assert page.status_code == 403, (path, page.status_code)
+    assert "You do not have permission" in page.text
+    assert await state() == before
+    assert not await security.check_permission(await _user(fundaments, "bob"), "console:users")
+    await member.close()
