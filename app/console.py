@@ -100,10 +100,10 @@ UNCHANGED = frozenset(  # shown as a warning, not a success
 )
 
 
-
 def _refusal_status(exc: FundamentsError) -> int:
     """403 for a change the actor may not make (delegation), else 400 (bad input, unknown name)."""
     return 403 if isinstance(exc, PermissionDenied) else 400
+
 
 class Redirect(Exception):  # control flow: "go there instead", not an error
     def __init__(self, location: str) -> None:
