@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,15 +23,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.console import HERE, Console, Redirect
 from app.secrets_store import SecretStore
 from fundaments.bootstrap import Fundaments
+from fundaments.config import Settings
 from fundaments.errors import InvalidArgument
 from fundaments.web import SecurityMiddleware
 
 log = logging.getLogger("app")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette:
@@ -73,7 +81,27 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
         return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
 
-    routes: list[BaseRoute] = [
+    routes = console_routes(console, health)
+    middleware = [
+        Middleware(
+            SecurityMiddleware,
+            security=fundaments.security,
+            trusted_proxies=fundaments.settings.trusted_proxies,
+            public_paths=["/static/"],
+        )
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={Redirect: redirect, HTTPException: http_error, InvalidArgument: invalid_argument},
+    )
+    app.state.secrets = secrets
+    return app
+
+
+def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
+    """The console's route table (tests read it: every admin POST must refuse a non-admin)."""
+    return [
         Route("/", console.home),
         Route("/health", health),
         Route("/login", console.login_page, methods=["GET"]),
@@ -97,21 +125,6 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         Route("/admin/audit", console.audit_page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    middleware = [
-        Middleware(
-            SecurityMiddleware,
-            security=fundaments.security,
-            trusted_proxies=fundaments.settings.trusted_proxies,
-            public_paths=["/static/"],
-        )
-    ]
-    app = Starlette(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers={Redirect: redirect, HTTPException: http_error, InvalidArgument: invalid_argument},
-    )
-    app.state.secrets = secrets
-    return app
 
 
 def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
@@ -136,11 +149,68 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-async def start_application(fundaments: Fundaments) -> None:
-    """Serve the console on HOST:PORT until interrupted (Ctrl-C / SIGTERM)."""
-    settings = fundaments.settings
-    app = build_app(fundaments)
-    config = uvicorn.Config(
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may hold of the server: time to send a request head, idle keep-alive time,
+    connections and requests at once, the size of a request head."""
+
+    header_timeout: float = 10.0  # seconds from a request's first byte (or the connection) to its full head
+    keep_alive_timeout: int = 5  # seconds an idle keep-alive connection stays open
+    max_concurrency: int = 1000  # connections or running requests; beyond: 503 (uvicorn's limit_concurrency)
+    max_header_bytes: int = 16 * 1024  # an unfinished request head larger than this: 400 and closed
+
+
+def header_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request head is not complete in ``seconds``.
+
+    uvicorn's own timer runs only between requests (``timeout_keep_alive``), and h11 has none: a
+    client sending one header byte at a time (slow loris) held a connection forever. The deadline
+    starts with the connection, and again with the first byte of each following request; a body's
+    pace is not bounded here (its size is, by SecurityMiddleware).
+    """
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # still waiting for the whole head
+                if self._header_timer is None:
+                    self._arm_header_timer()
+            else:
+                self._disarm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(seconds, self._header_timed_out)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timed_out(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.info("closed a connection that sent no complete request head in %s s", seconds)
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+DEFAULT_LIMITS = ServerLimits()
+
+
+def server_config(app: ASGIApp, settings: Settings, limits: ServerLimits = DEFAULT_LIMITS) -> uvicorn.Config:
+    """uvicorn's configuration for the console: HOST:PORT, the limits, no proxy headers."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -150,8 +220,18 @@ async def start_application(fundaments: Fundaments) -> None:
         # X-Forwarded-* are honoured by SecurityMiddleware for TRUSTED_PROXIES only; uvicorn's own
         # default would trust them from 127.0.0.1 (FORWARDED_ALLOW_IPS), so it is switched off.
         proxy_headers=False,
+        http=header_timeout_protocol(limits.header_timeout),
+        timeout_keep_alive=limits.keep_alive_timeout,
+        limit_concurrency=limits.max_concurrency,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
-    server = _Server(config)
+
+
+async def start_application(fundaments: Fundaments, limits: ServerLimits = DEFAULT_LIMITS) -> None:
+    """Serve the console on HOST:PORT until interrupted (Ctrl-C / SIGTERM)."""
+    settings = fundaments.settings
+    app = build_app(fundaments)
+    server = _Server(server_config(app, settings, limits))
     log.info("serving on http://%s:%s", settings.host, settings.port)
     try:
         await server.serve()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,11 @@ from fundaments.errors import (
     InvalidArgument,
     PasswordPolicyError,
     PermissionDenied,
+    RateLimited,
     ServiceUnavailable,
     UnknownUserError,
 )
-from fundaments.security import Security, User
+from fundaments.security import LoginFailure, Security, User
 from fundaments.web import authenticated_user, csrf_token, get_context, login, logout, use_rotated_session
 
 log = logging.getLogger("app")
@@ -59,8 +61,10 @@ def refuse_nul(value: str, name: str) -> str:
 
 HERE = Path(__file__).parent
 LOGIN_FAILED = "Invalid username or password."  # every failure reason, a locked account included
+PASSWORDS_DIFFER = "The two new passwords do not match."
 
 USERS_PERMISSION = "console:users"
+USER_ACTIONS = ("disable", "enable", "unlock", "grant", "revoke")  # /admin/users/<id>/<action>
 ROLES_PERMISSION = "console:roles"
 AUDIT_PERMISSION = "console:audit"
 
@@ -96,10 +100,10 @@ UNCHANGED = frozenset(  # shown as a warning, not a success
 )
 
 
-
 def _refusal_status(exc: FundamentsError) -> int:
     """403 for a change the actor may not make (delegation), else 400 (bad input, unknown name)."""
     return 403 if isinstance(exc, PermissionDenied) else 400
+
 
 class Redirect(Exception):  # control flow: "go there instead", not an error
     def __init__(self, location: str) -> None:
@@ -122,6 +126,12 @@ def describe_device(user_agent: str) -> str:
     if browser and system:
         return f"{browser} on {system}"
     return browser or system or (user_agent[:40] or "unknown device")
+
+
+def _sentence(exc: Exception) -> str:
+    """A facade message as a sentence for the page: "The current password is not correct."."""
+    text = str(exc)
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _field(form: FormData, name: str, max_length: int = 1024) -> str:
@@ -200,6 +210,8 @@ class Console:
         result = await login(request, username, _field(form, "password"))
         if not result:
             log.info("login refused (%s)", result.reason.name if result.reason else "unknown")
+            if result.reason is LoginFailure.BUSY:  # the hashing pool is full: no account was checked
+                return await self._busy(request, 503, "Busy", "The server is busy; try again shortly.", 5)
             return await self.render(request, "login.html", 401, error=LOGIN_FAILED, username=username)
         assert result.user is not None
         return RedirectResponse("/password" if result.user.must_change_password else "/dashboard", 303)
@@ -216,22 +228,36 @@ class Console:
         user = await self.signed_in(request)
         form = await request.form()
         new = _field(form, "new_password")
-        error = None
+        forced = user.must_change_password
         if new != _field(form, "confirm_password"):
-            error = "The two new passwords do not match."
-        else:
-            try:
-                rotated = await self.security.change_password(
-                    user.id, _field(form, "current_password"), new, current_token=get_context(request).token
-                )
-            except AuthenticationError:
-                error = "The current password is not correct."
-            except PasswordPolicyError as exc:
-                error = str(exc)  # says which rule, never the password
-            else:
-                await use_rotated_session(request, rotated)
-                return RedirectResponse("/dashboard?m=password_changed", 303)
-        return await self.render(request, "password.html", 400, forced=user.must_change_password, error=error)
+            return await self.render(request, "password.html", 400, forced=forced, error=PASSWORDS_DIFFER)
+        ctx = get_context(request)
+        try:
+            rotated = await self.security.change_password(
+                user.id,
+                _field(form, "current_password"),
+                new,
+                current_token=ctx.token,
+                request_data=ctx.request_data,  # the check counts toward the lock of this device/account
+            )
+        except RateLimited as exc:  # another check of this session is running (CheckInFlightError)
+            return await self._busy(
+                request, 429, "Too many attempts at once", "Wait a moment.", exc.retry_after
+            )
+        except ServiceUnavailable:  # HashingBusyError: the hashing pool is full
+            return await self._busy(request, 503, "Busy", "The server is busy; try again shortly.", 5)
+        except AuthenticationError as exc:  # wrong, or locked: the facade's message says which
+            return await self.render(request, "password.html", 400, forced=forced, error=_sentence(exc))
+        except PasswordPolicyError as exc:
+            return await self.render(request, "password.html", 400, forced=forced, error=str(exc))
+        await use_rotated_session(request, rotated)
+        return RedirectResponse("/dashboard?m=password_changed", 303)
+
+    async def _busy(self, request: Request, status: int, title: str, detail: str, retry: float) -> Response:
+        """A 429 or 503 page telling the client when to come back (``Retry-After``, whole seconds)."""
+        page = await self.render(request, "error.html", status, title=title, detail=detail)
+        page.headers["retry-after"] = str(max(1, math.ceil(retry)))
+        return page
 
     # --- the user's own pages ------------------------------------------------------------------
     async def dashboard(self, request: Request) -> Response:
@@ -346,7 +372,7 @@ class Console:
         actor = await self.signed_in(request, USERS_PERMISSION)
         form = await request.form()
         action = request.path_params["action"]
-        if action not in ("disable", "enable", "unlock", "grant", "revoke"):
+        if action not in USER_ACTIONS:
             raise HTTPException(404)
         user_id: int = request.path_params["user_id"]  # the route's int convertor: ASCII digits
         try:

@@ -5,17 +5,26 @@ Every test here was checked to fail with the protection it names removed (issue 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from starlette.routing import Route
 
+from fundaments import initialize_fundaments
 from fundaments.bootstrap import Fundaments, ensure_admin
-from test_web_console import BOB_PASSWORD, Browser, build_app, signed_in_admin
+from fundaments.clock import ManualClock
+from fundaments.config import Settings
+from fundaments.errors import AuthenticationError
+from test_web_console import BASE, BOB_PASSWORD, UA, Browser, build_app, signed_in_admin
 
 MEMBER_IP = "198.51.100.5"
+NEW_PASSWORD = "an entirely new passphrase"
 
 
 @pytest.fixture
@@ -223,3 +232,150 @@ def test_console_db_and_its_wal_files_are_mode_0600_whatever_the_umask(tmp_path:
         store.close()
     finally:
         os.umask(previous)
+
+
+# --- 6. a stolen session cannot guess the current password at hashing speed ----------------------
+@pytest.mark.parametrize("device_cookie", [True, False], ids=["with-device-cookie", "session-cookie-only"])
+async def test_a_flood_of_password_changes_from_one_session_is_throttled_and_locks(
+    fundaments: Fundaments, console: tuple[object, str], device_cookie: bool
+) -> None:
+    app, _ = console
+    member = await signed_in_member(fundaments, app)
+    device = member.http.cookies.get("__Host-device")
+    assert device is not None
+    if not device_cookie:  # the attacker stole the session cookie only: the account's lock counts
+        member.http.cookies.delete("__Host-device")
+    bob = await _user(fundaments, "bob")
+
+    async def guess(current: str) -> httpx.Response:
+        fields = {"csrf_token": member.csrf, "current_password": current}
+        fields |= {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD}
+        return await member.http.post("/password", data=fields, headers={"origin": BASE})
+
+    async def wrong_guesses_checked() -> int:
+        events = await fundaments.security.audit_events(kind="password.change_failed", user_id=bob)
+        return sum(1 for e in events if e.details.get("reason") == "invalid_credentials")
+
+    responses = await asyncio.gather(*(guess(f"wrong guess number {i}") for i in range(80)))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {400, 429}, statuses  # never a 500 (the issue saw 497 of them)
+    assert 1 <= statuses[400] <= 5 and statuses[429] >= 75, statuses
+    assert await wrong_guesses_checked() == statuses[400]  # a 429 is refused before any hash
+    for response in responses:
+        if response.status_code == 429:
+            assert int(response.headers["retry-after"]) >= 1
+            assert "content-security-policy" in response.headers
+    while (checked := await wrong_guesses_checked()) < 5:  # one at a time: each is checked
+        page = await guess("yet another wrong guess")
+        assert page.status_code == 400
+        said = "account is locked" if checked + 1 == 5 else "The current password is not correct."
+        assert said in page.text, page.text
+    # Five wrong guesses: locked. The guessing session is ended, the right password refused.
+    refused = await guess(BOB_PASSWORD)
+    assert refused.status_code == 403  # the session is dead, and with it the form's CSRF token
+    assert (await member.get("/dashboard")).url.path == "/login"
+    assert await wrong_guesses_checked() == 5
+    request_data = {"ip_address": MEMBER_IP, "user_agent": UA}
+    if device_cookie:
+        request_data["device_token"] = device
+    with pytest.raises(AuthenticationError, match="locked"):
+        await fundaments.security.change_password(bob, BOB_PASSWORD, NEW_PASSWORD, request_data=request_data)
+    assert not await fundaments.security.user_login("bob", NEW_PASSWORD, request_data)
+    await member.close()
+
+
+async def test_a_full_hashing_pool_is_a_503_with_retry_after_not_a_500(
+    make_settings: Callable[..., Settings], clock: ManualClock, tmp_path: Path
+) -> None:
+    started = await initialize_fundaments(
+        make_settings(hashing_concurrency=1, hashing_queue_size=0), clock=clock, configure_logs=False
+    )
+    app = build_app(started, data_dir=tmp_path / "app-data")
+    try:
+        members = [await signed_in_member(started, app, f"member{i}") for i in range(6)]
+
+        async def change(member: Browser) -> httpx.Response:
+            fields = {"csrf_token": member.csrf, "current_password": "a wrong guess here"}
+            fields |= {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD}
+            return await member.http.post("/password", data=fields, headers={"origin": BASE})
+
+        responses = await asyncio.gather(*(change(m) for m in members))
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) == {400, 503}, statuses  # one hash at a time, the others told to retry
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] == "5" and "The server is busy" in busy.text
+        for member in members:
+            await member.close()
+        clients = [Browser(app, ip=f"192.0.2.{i}") for i in range(6)]
+        for client in clients:
+            await client.get("/login")
+        logins = await asyncio.gather(
+            *(c.post("/login", username="member0", password="a wrong guess here") for c in clients)
+        )
+        assert Counter(r.status_code for r in logins).keys() == {401, 503}
+        assert all(r.headers["retry-after"] == "5" for r in logins if r.status_code == 503)
+        for client in clients:
+            await client.close()
+    finally:
+        app.state.secrets.close()
+        await started.close()
+
+
+# --- 8. every admin POST refuses a member ---------------------------------------------------------
+def admin_posts() -> list[tuple[str, str | None]]:
+    """Every POST route under /admin, read from the console's own route table, one entry per action."""
+    from app.app import console_routes
+    from app.console import USER_ACTIONS, Console
+
+    unbuilt = object.__new__(Console)  # the table only names the handlers: no services are needed
+    posts: list[tuple[str, str | None]] = []
+    for route in console_routes(unbuilt, health=unbuilt.home):
+        if isinstance(route, Route) and "POST" in (route.methods or ()) and route.path.startswith("/admin"):
+            actions = USER_ACTIONS if "{action}" in route.path else (None,)
+            posts += [(route.path, action) for action in actions]
+    return posts
+
+
+ADMIN_POSTS = admin_posts()
+FORM = {"username": "mallory", "password": "a long and private passphrase 2",
+        "roles": "admin", "name": "owned", "permissions": "*", "inherits": "admin"}  # fmt: skip
+ACCOUNT_TABLES = ("users", "user_roles", "roles", "role_permissions", "role_inherits", "devices")
+
+
+def test_the_admin_route_table_is_read_and_has_the_grant_route() -> None:
+    assert ("/admin/users/{user_id:int}/{action}", "grant") in ADMIN_POSTS
+    assert {"/admin/users", "/admin/roles"} <= {path for path, _ in ADMIN_POSTS}
+
+
+@pytest.mark.parametrize("target", ["bob", "admin", "carol"])  # self, the administrator, a disabled one
+@pytest.mark.parametrize(("template", "action"), ADMIN_POSTS, ids=[f"{p}:{a}" for p, a in ADMIN_POSTS])
+async def test_every_admin_post_refuses_a_member_and_changes_nothing(
+    fundaments: Fundaments, console: tuple[object, str], template: str, action: str | None, target: str
+) -> None:
+    app, _ = console
+    security, db = fundaments.security, fundaments["db"]
+    member = await signed_in_member(fundaments, app)
+    carol = await security.register_user("carol", BOB_PASSWORD)
+    await security.disable_user(carol.id)
+    for username in ("bob", "admin", "carol"):  # failures an unlock would clear
+        await security.user_login(username, "not the password", {"ip_address": "192.0.2.1", "user_agent": UA})
+
+    async def state() -> list[list[tuple[object, ...]]]:
+        return [
+            [tuple(row) for row in await db.fetch(f"SELECT * FROM fundaments_{t}")] for t in ACCOUNT_TABLES
+        ]
+
+    before = await state()
+    path = template.replace("{user_id:int}", str(await _user(fundaments, target)))
+    path = path.replace("{action}", action or "")
+    assert "{" not in path, f"teach this test how to fill the parameters of {template}"
+    # Granting itself admin is refused by the facade's delegation rule too; granting "member" to carol
+    # or revoking it from bob (within the member's own permissions) only by the console's check.
+    role = "admin" if (target, action) == ("bob", "grant") else "member"
+    fields = {"csrf_token": member.csrf, "role": role, **FORM}
+    page = await member.http.post(path, data=fields, headers={"origin": BASE})  # no redirect followed
+    assert page.status_code == 403, (path, page.status_code)
+    assert "You do not have permission" in page.text
+    assert await state() == before
+    assert not await security.check_permission(await _user(fundaments, "bob"), "console:users")
+    await member.close()

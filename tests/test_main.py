@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,8 +13,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from conftest import FAST_HASHING, TEST_MASTER_KEY, TEST_SALT
+from fundaments import initialize_fundaments
+from fundaments.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # app/ is the example application at the repository root, not installed
+from app import app as console_app  # noqa: E402
 
 
 def free_port() -> int:
@@ -85,3 +98,79 @@ def test_main_refuses_an_invalid_setting_with_one_clear_line(tmp_path: Path) -> 
     assert "MASTER_ENCRYPTION_KEY is 13 characters; use at least 32 (fundaments keys generate)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "too-short-key" not in proc.stderr
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    return load_settings(
+        env_file=tmp_path / "absent.env",
+        database_url=f"sqlite:///{tmp_path / 'fundaments.db'}",
+        master_encryption_key=TEST_MASTER_KEY,
+        persistent_encryption_salt=TEST_SALT,
+        **FAST_HASHING,
+        **overrides,
+    )
+
+
+async def test_the_served_console_has_header_keep_alive_size_and_concurrency_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_application hands uvicorn the limits: a slow-loris or connection flood is bounded."""
+    seen: list[uvicorn.Config] = []
+
+    async def serve(self: uvicorn.Server) -> None:  # instead of listening: keep the configuration
+        seen.append(self.config)
+
+    monkeypatch.setattr(console_app._Server, "serve", serve)
+    monkeypatch.chdir(tmp_path)  # the console's var/ goes here
+    started = await initialize_fundaments(_settings(tmp_path), configure_logs=False)
+    try:
+        await console_app.start_application(started)
+    finally:
+        await started.close()
+    (config,) = seen
+    limits = console_app.ServerLimits()
+    assert config.timeout_keep_alive == limits.keep_alive_timeout == 5
+    assert config.limit_concurrency == limits.max_concurrency == 1000
+    assert config.h11_max_incomplete_event_size == limits.max_header_bytes == 16 * 1024
+    assert isinstance(config.http, type) and issubclass(config.http, H11Protocol)
+    assert config.http.__name__ == "HeaderTimeoutProtocol" and limits.header_timeout == 10.0
+    assert config.proxy_headers is False and config.server_header is False
+
+
+async def test_a_slow_loris_connection_is_closed_after_the_header_timeout(tmp_path: Path) -> None:
+    """A request head that never completes ends the connection: on a fresh connection, and after a
+    first request on a kept-alive one (the keep-alive timer is long here: only the header timer acts)."""
+
+    async def hello(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/", hello)])
+    port = free_port()
+    limits = console_app.ServerLimits(header_timeout=0.3, keep_alive_timeout=600)
+    server = uvicorn.Server(console_app.server_config(app, _settings(tmp_path, port=port), limits))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        full = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        partial = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(partial)
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed, no answer: never a request
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(full)
+        head = await asyncio.wait_for(reader.readuntil(b"hello"), 30)
+        assert head.startswith(b"HTTP/1.1 200")
+        writer.write(partial)  # the next request of the kept-alive connection, never finished
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # idle: nothing sent at all
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)
