@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from tests.test_cli_admin import assert_one_line_error, cli  # noqa: F401 - cli is a fixture
 
 from fundaments import Security, initialize_fundaments
 from fundaments.bootstrap import Fundaments
@@ -137,3 +138,34 @@ async def test_two_administrators_demoting_each_other_at_once_leave_one(
     finally:
         await one.close()
         await two.close()
+
+
+# --- the same guard from the admin command and the console -------------------------------------------
+def test_the_cli_refuses_to_remove_the_last_administrator_in_one_line(cli) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    assert (
+        cli("users", "create", "root", "--password-stdin", "--role", "admin", input=PASSWORD).exit_code == 0
+    )
+    assert_one_line_error(cli("users", "disable", "root"), "no active account holding *")
+    assert_one_line_error(cli("roles", "revoke", "root", "admin"), "grant the admin role to another account")
+    assert (
+        cli("users", "create", "spare", "--password-stdin", "--role", "admin", input=PASSWORD).exit_code == 0
+    )
+    assert cli("roles", "revoke", "root", "admin").exit_code == 0
+
+
+async def test_the_console_refuses_to_remove_the_last_administrator(fundaments: Fundaments, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_web_console import build_app, ensure_admin, signed_in_admin
+
+    password = await ensure_admin(fundaments.security)
+    assert password is not None
+    app = build_app(fundaments, data_dir=tmp_path / "app-data")
+    try:
+        admin = await signed_in_admin(app, password)
+        root = await fundaments.security.get_user_by_username("admin")
+        await admin.get("/admin/users")
+        page = await admin.post(f"/admin/users/{root.id}/revoke", role="admin")  # type: ignore[union-attr]
+        assert page.status_code == 400 and "no active account holding *" in page.text
+        assert await fundaments.security.user_roles(root.id) == ["admin"]  # type: ignore[union-attr]
+        await admin.close()
+    finally:
+        app.state.secrets.close()
