@@ -5,6 +5,7 @@ Every test here was checked to fail with the protection it names removed (see th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -266,3 +267,28 @@ async def test_a_content_length_over_the_limit_is_refused_without_reading_a_byte
     await app(scope, receive, send)
     assert sent[0]["status"] == 413 and (b"connection", b"close") in sent[0]["headers"]
     assert read == [] and ran.paths == []
+
+
+# --- 2. a 500 carries the security headers -----------------------------------------------------
+async def test_an_uncaught_exception_is_a_generic_500_with_the_security_headers(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="fundaments.web.middleware"):
+        page = await http.get("/boom")
+    assert page.status_code == 500 and page.text == "Internal server error.\n"
+    assert page.headers["content-type"] == "text/plain; charset=utf-8"
+    assert_security_headers(page)
+    assert "sk_live" not in page.text
+    (record,) = [r for r in caplog.records if r.name == "fundaments.web.middleware"]
+    assert record.getMessage() == "unhandled RuntimeError in GET /boom" and record.exc_info is not None
+    api = await http.get("/boom", headers=JSON)
+    assert api.status_code == 500 and api.json() == {
+        "detail": "Internal server error.",
+        "code": "server_error",
+    }
+    assert_security_headers(api)
+
+
+async def test_an_exception_after_the_response_started_is_re_raised(http: httpx.AsyncClient) -> None:
+    with pytest.raises(RuntimeError, match="broke mid-response"):  # the server closes the connection
+        await http.get("/started-then-boom")
