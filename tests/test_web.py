@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from fundaments.bootstrap import Fundaments
 from fundaments.security import User
 from fundaments.web import (
+    DEFAULT_PERMISSIONS_POLICY,
     SecurityMiddleware,
     csrf_token,
     csrf_token_for,
@@ -410,6 +411,7 @@ EVERY_RESPONSE = {
     "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
+    "permissions-policy": DEFAULT_PERMISSIONS_POLICY,
 }
 
 

@@ -292,3 +292,28 @@ async def test_an_uncaught_exception_is_a_generic_500_with_the_security_headers(
 async def test_an_exception_after_the_response_started_is_re_raised(http: httpx.AsyncClient) -> None:
     with pytest.raises(RuntimeError, match="broke mid-response"):  # the server closes the connection
         await http.get("/started-then-boom")
+
+
+# --- 3. Permissions-Policy ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/me", {}),
+        ("GET", "/missing", {}),
+        ("POST", "/items", {"origin": "https://evil.test"}),  # a refusal
+        ("GET", "/boom", {}),  # a 500
+    ],
+)
+async def test_every_response_switches_off_powerful_features(
+    http: httpx.AsyncClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    response = await http.request(method, path, headers=headers)
+    policy = dict(part.split("=", 1) for part in response.headers["permissions-policy"].split(", "))
+    for feature in ("camera", "microphone", "geolocation", "payment", "usb", "display-capture"):
+        assert policy[feature] == "()", feature
+    assert "interest-cohort" not in policy  # retired: Chromium logs an error for unknown features
+
+
+async def test_the_permissions_policy_can_be_replaced(fundaments: Fundaments, ran: Ran) -> None:
+    async with client(build(fundaments, ran, permissions_policy="camera=(self)")) as http:
+        assert (await http.get("/me")).headers["permissions-policy"] == "camera=(self)"

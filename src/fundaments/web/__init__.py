@@ -20,6 +20,7 @@ from fundaments.web.auth import (
 from fundaments.web.middleware import (
     CSRF_FORM_FIELD,
     DEFAULT_CSP,
+    DEFAULT_PERMISSIONS_POLICY,
     SecurityMiddleware,
     WebContext,
     csrf_token_for,
@@ -29,6 +30,7 @@ from fundaments.web.middleware import (
 __all__ = [
     "CSRF_FORM_FIELD",
     "DEFAULT_CSP",
+    "DEFAULT_PERMISSIONS_POLICY",
     "SecurityMiddleware",
     "WebContext",
     "authenticated_user",
