@@ -6,7 +6,9 @@ Every test here was checked to fail with the protection it names removed (see th
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -19,10 +21,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from fundaments.bootstrap import Fundaments
-from fundaments.errors import ServiceUnavailable
+from fundaments.errors import ConfigurationError, ServiceUnavailable
 from fundaments.passwords import HashingBusyError
 from fundaments.security import User
 from fundaments.web import SecurityMiddleware, csrf_token, csrf_token_for, current_user, login, logout
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/: the example at the repository root
+from app.app import build_app
 
 PASSWORD = "correct horse battery staple"
 UA = "Mozilla/5.0 (X11; Linux x86_64) web-attack-test"
@@ -317,3 +322,100 @@ async def test_every_response_switches_off_powerful_features(
 async def test_the_permissions_policy_can_be_replaced(fundaments: Fundaments, ran: Ran) -> None:
     async with client(build(fundaments, ran, permissions_policy="camera=(self)")) as http:
         assert (await http.get("/me")).headers["permissions-policy"] == "camera=(self)"
+
+
+# --- 4. trusted hosts, relative redirects ------------------------------------------------------
+async def test_an_untrusted_host_is_refused_before_routing_so_no_redirect_names_it(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.get("/me/", headers={"host": "evil.example"})  # Starlette would redirect
+    assert response.status_code == 400 and response.text == "Invalid Host header.\n"
+    assert "location" not in response.headers and "set-cookie" not in response.headers
+    api = await http.get("/me", headers={"host": "evil.example", **JSON})
+    assert api.json() == {"detail": "Invalid Host header.", "code": "host_not_allowed"}
+    assert (await http.get("/me/", headers={"host": "app.test"})).status_code == 307
+
+
+async def test_with_any_host_allowed_redirects_to_the_request_host_are_relative(
+    fundaments: Fundaments, ran: Ran
+) -> None:
+    async with client(build(fundaments, ran, allowed_hosts=["*"])) as http:
+        response = await http.get("/me/?next=1", headers={"host": "evil.example"})
+        assert response.status_code == 307 and response.headers["location"] == "/me?next=1"
+        ported = await http.get("/me/", headers={"host": "evil.example:8443"})
+        assert ported.headers["location"] == "/me"
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        (b"http://app.test/a/b?c=d#e", b"/a/b?c=d#e"),
+        (b"https://APP.test", b"/"),
+        (b"//app.test/x", b"/x"),
+        (b"https://app.test//evil.example/x", b"/evil.example/x"),  # never protocol-relative
+        (b"https://elsewhere.example/x", b"https://elsewhere.example/x"),  # another site: kept
+        (b"/already/relative", b"/already/relative"),
+    ],
+)
+def test_location_rewriting(location: bytes, expected: bytes) -> None:
+    from fundaments.web.middleware import _relative_location
+
+    assert _relative_location(location, "app.test") == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("localhost", True),
+        ("localhost:8000", True),
+        ("127.0.0.1:8000", True),
+        ("[::1]:8000", True),
+        ("console.localhost", True),
+        ("LOCALHOST", True),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.nip.io", False),
+        ("evil.example", False),
+        ("", False),
+    ],
+)
+async def test_the_default_allows_loopback_names_only(
+    fundaments: Fundaments, ran: Ran, host: str, allowed: bool
+) -> None:
+    app = build(fundaments, ran)
+    del app.user_middleware[0].kwargs["allowed_hosts"]  # the middleware's own default
+    async with client(app, base_url="http://localhost") as http:
+        response = await http.get("/me", headers={"host": host})
+    assert (response.status_code == 200) is allowed, response.status_code
+
+
+async def test_wildcard_entries_match_subdomains_only(fundaments: Fundaments, ran: Ran) -> None:
+    async with client(build(fundaments, ran, allowed_hosts=["*.app.test", "[2001:db8::1]"])) as http:
+        assert (await http.get("/me", headers={"host": "eu.app.test"})).status_code == 200
+        assert (await http.get("/me", headers={"host": "[2001:db8::1]:443"})).status_code == 200
+        assert (await http.get("/me", headers={"host": "app.test"})).status_code == 400
+        assert (await http.get("/me", headers={"host": "evilapp.test"})).status_code == 400
+
+
+def test_allowed_hosts_setting_parses_and_explains(tmp_path: Path) -> None:
+    from fundaments.config import load_settings
+
+    env = tmp_path / "absent.env"
+    assert load_settings(env_file=env).allowed_hosts == ["localhost", "127.0.0.1", "::1", "*.localhost"]
+    parsed = load_settings(env_file=env, allowed_hosts="App.Example, [::1], *.example.com")
+    assert parsed.allowed_hosts == ["app.example", "::1", "*.example.com"]
+    for bad in ("https://app.example", "app.example:8000", "app.example/path", "a b"):
+        with pytest.raises(ConfigurationError, match=r"ALLOWED_HOSTS entry .* is not a host name"):
+            load_settings(env_file=env, allowed_hosts=bad)
+
+
+async def test_the_console_never_redirects_to_a_forged_host(fundaments: Fundaments, tmp_path: Path) -> None:
+    """The pen test's finding on `python main.py`: GET /login/ with Host: evil.example."""
+    app = build_app(fundaments, data_dir=tmp_path / "app-data")
+    try:
+        async with client(app, base_url="http://127.0.0.1:8000") as http:
+            forged = await http.get("/login/", headers={"host": "evil.example"})
+            assert forged.status_code == 400 and "evil.example" not in forged.headers.get("location", "")
+            own = await http.get("/login/")
+            assert own.status_code == 307 and own.headers["location"] == "/login"
+    finally:
+        app.state.secrets.close()

@@ -1,7 +1,8 @@
 """fundaments.web: the ASGI integration (Starlette, FastAPI, any ASGI framework).
 
     app.add_middleware(SecurityMiddleware, security=fundaments.security,
-                       trusted_proxies=fundaments.settings.trusted_proxies)
+                       trusted_proxies=fundaments.settings.trusted_proxies,
+                       allowed_hosts=fundaments.settings.allowed_hosts)
 
 See docs/web.md. Calls the ``Security`` facade only.
 """
