@@ -419,3 +419,64 @@ async def test_the_console_never_redirects_to_a_forged_host(fundaments: Fundamen
             assert own.status_code == 307 and own.headers["location"] == "/login"
     finally:
         app.state.secrets.close()
+
+
+# --- 5. only a validated bearer token switches CSRF off ----------------------------------------
+@pytest.mark.parametrize(
+    "authorization", ["Bearer junk", "Bearer ", "bearer " + "A" * 43, "Bearer " + "x" * 500]
+)
+async def test_a_junk_bearer_header_is_401_and_does_not_switch_csrf_off(
+    fundaments: Fundaments, http: httpx.AsyncClient, ran: Ran, alice: User, authorization: str
+) -> None:
+    token = await login_token(fundaments)
+    # A live cookie, no Origin, no CSRF token: only the Authorization header would let this through.
+    headers = {"cookie": f"__Host-session={token}", "authorization": authorization}
+    response = await http.post("/items", headers=headers)
+    assert response.status_code == 401 and ran.paths == []
+    assert response.json() == {
+        "detail": "The bearer token is not a live session; log in again for a new one.",
+        "code": "session_invalid",
+    }
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert "set-cookie" not in response.headers
+
+
+async def test_a_bearer_of_a_disabled_user_is_401(
+    fundaments: Fundaments, http: httpx.AsyncClient, ran: Ran, alice: User
+) -> None:
+    token = await login_token(fundaments)
+    await fundaments.security.disable_user(alice.id)
+    response = await http.put("/items", headers={"authorization": f"Bearer {token}"})
+    assert response.status_code == 401 and ran.paths == []
+
+
+async def test_a_logout_with_a_junk_bearer_leaves_the_live_cookie_session_alone(
+    fundaments: Fundaments, http: httpx.AsyncClient, ran: Ran, alice: User
+) -> None:
+    token = await login_token(fundaments)
+    response = await http.post("/logout", headers=csrf_headers(token, authorization="Bearer junk"))
+    assert response.status_code == 401 and ran.paths == []
+    assert "set-cookie" not in response.headers  # the cookie is not cleared
+    assert (await http.get("/me", headers=session_headers(token))).json() == {"user": "alice"}
+
+
+async def test_a_bearer_logout_ends_that_session_and_not_the_browser_cookie(
+    fundaments: Fundaments, http: httpx.AsyncClient, alice: User
+) -> None:
+    cookie_token, bearer_token = await login_token(fundaments), await login_token(fundaments)
+    response = await http.post(
+        "/logout",
+        headers={"cookie": f"__Host-session={cookie_token}", "authorization": f"Bearer {bearer_token}"},
+    )
+    assert response.json() == {"ended": True}
+    assert "set-cookie" not in response.headers
+    assert (await http.get("/me", headers=session_headers(cookie_token))).json() == {"user": "alice"}
+    assert (await http.get("/api/me", headers={"authorization": f"Bearer {bearer_token}"})).status_code == 401
+
+
+async def test_a_csrf_exempt_webhook_may_use_its_own_authorization_scheme(
+    fundaments: Fundaments, ran: Ran
+) -> None:
+    async with client(build(fundaments, ran, csrf_exempt_paths=["/webhook"])) as http:
+        hook = await http.post("/webhook", headers={"authorization": "Bearer whsec_provider_secret"})
+    assert hook.status_code == 200 and ran.paths == ["POST /webhook"]
