@@ -480,3 +480,38 @@ async def test_a_csrf_exempt_webhook_may_use_its_own_authorization_scheme(
     async with client(build(fundaments, ran, csrf_exempt_paths=["/webhook"])) as http:
         hook = await http.post("/webhook", headers={"authorization": "Bearer whsec_provider_secret"})
     assert hook.status_code == 200 and ran.paths == ["POST /webhook"]
+
+
+# --- 6. CSRF on every unsafe method; exempt paths are exact -------------------------------------
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_every_unsafe_method_needs_same_origin_and_the_token(
+    fundaments: Fundaments, http: httpx.AsyncClient, ran: Ran, alice: User, method: str
+) -> None:
+    token = await login_token(fundaments)
+    missing = await http.request(method, "/items", headers=session_headers(token))
+    assert missing.status_code == 403 and "CSRF token missing" in missing.text
+    wrong = await http.request(method, "/items", headers=session_headers(token, **{"x-csrf-token": "0" * 64}))
+    assert wrong.status_code == 403 and "CSRF token invalid" in wrong.text
+    cross = await http.request(
+        method, "/items", headers=csrf_headers(token) | {"origin": "https://evil.test"}
+    )
+    assert cross.status_code == 403 and "cross-origin" in cross.text
+    assert ran.paths == []
+    good = await http.request(method, "/items", headers=csrf_headers(token))
+    assert good.status_code == 200 and ran.paths == [f"{method} /items"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/webhook-x", "/webhook/", "/webhook/x", "/webhook/%2e%2e/webhook-x", "/WEBHOOK"]
+)
+async def test_a_csrf_exempt_path_is_exact_and_its_neighbours_are_checked(
+    fundaments: Fundaments, ran: Ran, alice: User, path: str
+) -> None:
+    token = await login_token(fundaments)
+    async with client(build(fundaments, ran, csrf_exempt_paths=["/webhook"])) as http:
+        neighbour = await http.post(
+            path, headers={"cookie": f"__Host-session={token}"}
+        )  # no Origin, no token
+        assert neighbour.status_code == 403 and "cross-origin" in neighbour.text and ran.paths == []
+        hook = await http.post("/webhook", headers={"cookie": f"__Host-session={token}"})
+        assert hook.status_code == 200 and ran.paths == ["POST /webhook"]
