@@ -24,7 +24,16 @@ from fundaments.bootstrap import Fundaments
 from fundaments.errors import ConfigurationError, ServiceUnavailable
 from fundaments.passwords import HashingBusyError
 from fundaments.security import User
-from fundaments.web import SecurityMiddleware, csrf_token, csrf_token_for, current_user, login, logout
+from fundaments.web import (
+    SecurityMiddleware,
+    csrf_token,
+    csrf_token_for,
+    current_user,
+    get_context,
+    login,
+    logout,
+    use_rotated_session,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/: the example at the repository root
 from app.app import build_app
@@ -100,9 +109,18 @@ def build(fundaments: Fundaments, ran: Ran, **options: Any) -> Starlette:
         return {"username": user.username}
 
     @api.post("/password")
-    async def api_password(user: Annotated[User, Depends(current_user)]) -> dict[str, str]:
+    async def api_password(
+        request: Request,
+        user: Annotated[User, Depends(current_user)],
+        change: Annotated[dict[str, str], Body()],
+    ) -> dict[str, str | None]:
+        ctx = get_context(request)
+        rotated = await ctx.security.change_password(
+            user.id, change["current"], change["new"], current_token=ctx.token, request_data=ctx.request_data
+        )
+        await use_rotated_session(request, rotated)
         ran.paths.append("/api/password")
-        return {"username": user.username}
+        return {"token": rotated.token if rotated else None}
 
     options.setdefault("allowed_hosts", ["app.test"])
     options.setdefault("max_body_bytes", LIMIT)
@@ -515,3 +533,56 @@ async def test_a_csrf_exempt_path_is_exact_and_its_neighbours_are_checked(
         assert neighbour.status_code == 403 and "cross-origin" in neighbour.text and ran.paths == []
         hook = await http.post("/webhook", headers={"cookie": f"__Host-session={token}"})
         assert hook.status_code == 200 and ran.paths == ["POST /webhook"]
+
+
+# --- 7. must_change_password on every surface ---------------------------------------------------
+NEW_PASSWORD = "a much better passphrase now"
+
+
+@pytest.fixture
+async def forced(fundaments: Fundaments) -> User:
+    """An account an administrator created with a temporary password."""
+    return await fundaments.security.register_user("alice", PASSWORD, must_change_password=True)
+
+
+async def test_a_bearer_client_that_must_change_the_password_reaches_only_that_and_logout(
+    fundaments: Fundaments, ran: Ran, forced: User
+) -> None:
+    async with client(build(fundaments, ran, password_change_path="/api/password")) as http:
+        bearer = {"authorization": f"Bearer {await login_token(fundaments)}"}
+        for method, path in (("GET", "/api/me"), ("GET", "/me"), ("POST", "/items"), ("DELETE", "/items")):
+            refused = await http.request(method, path, headers=bearer)
+            assert refused.status_code == 403, path
+            assert refused.json() == {
+                "detail": "Change your password first; until then only that and logging out work.",
+                "code": "password_change_required",
+            }
+        assert ran.paths == []
+        changed = await http.post(
+            "/api/password", json={"current": PASSWORD, "new": NEW_PASSWORD}, headers=bearer
+        )
+        assert changed.status_code == 200 and ran.paths == ["/api/password"]
+        rotated = {"authorization": f"Bearer {changed.json()['token']}"}
+        assert (await http.get("/api/me", headers=rotated)).json() == {"username": "alice"}
+        assert (await http.post("/items", headers=rotated)).status_code == 200
+
+
+async def test_a_user_who_must_change_the_password_may_log_out(
+    fundaments: Fundaments, http: httpx.AsyncClient, ran: Ran, forced: User
+) -> None:
+    token = await login_token(fundaments)
+    response = await http.post("/logout", headers={"authorization": f"Bearer {token}"})
+    assert response.json() == {"ended": True}
+    assert (await http.get("/api/me", headers={"authorization": f"Bearer {token}"})).status_code == 401
+
+
+async def test_a_browser_is_sent_to_the_password_page_and_its_posts_are_refused(
+    fundaments: Fundaments, http: httpx.AsyncClient, ran: Ran, forced: User
+) -> None:
+    token = await login_token(fundaments)
+    page = await http.get("/me", headers=session_headers(token))
+    assert page.status_code == 303 and page.headers["location"] == "/password"
+    assert_security_headers(page)
+    posted = await http.post("/items", headers=csrf_headers(token))
+    assert posted.status_code == 403 and posted.text.startswith("Change your password first")
+    assert ran.paths == []
