@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from fundaments.bootstrap import Fundaments
-from fundaments.errors import ConfigurationError, ServiceUnavailable
+from fundaments.errors import ConfigurationError, RateLimited, ServiceUnavailable
 from fundaments.passwords import HashingBusyError
 from fundaments.security import User
 from fundaments.web import (
@@ -86,6 +86,9 @@ def build(fundaments: Fundaments, ran: Ran, **options: Any) -> Starlette:
     async def busy(_request: Request) -> Response:
         raise HashingBusyError("every hashing worker is busy; retry in a moment")
 
+    async def throttled(_request: Request) -> Response:
+        raise RateLimited("too many password checks for this session", retry_after=2.5)
+
     async def unconfigured(_request: Request) -> Response:
         raise ServiceUnavailable("MASTER_ENCRYPTION_KEY is not set")
 
@@ -138,6 +141,7 @@ def build(fundaments: Fundaments, ran: Ran, **options: Any) -> Starlette:
             Route("/boom", boom, methods=["GET", "POST"]),
             Route("/busy", busy, methods=["GET", "POST"]),
             Route("/unconfigured", unconfigured),
+            Route("/throttled", throttled),
             Route("/started-then-boom", started_then_boom),
             Mount("/api", api),
         ],
@@ -586,3 +590,26 @@ async def test_a_browser_is_sent_to_the_password_page_and_its_posts_are_refused(
     posted = await http.post("/items", headers=csrf_headers(token))
     assert posted.status_code == 403 and posted.text.startswith("Change your password first")
     assert ran.paths == []
+
+
+# --- 8. a full hashing pool is 503 with Retry-After, never a 500 --------------------------------
+async def test_hashing_busy_is_503_with_retry_after(http: httpx.AsyncClient) -> None:
+    page = await http.get("/busy")
+    assert page.status_code == 503 and page.headers["retry-after"] == "1"
+    assert page.text == "The service is busy; retry in a moment.\n"
+    assert_security_headers(page)
+    api = await http.get("/busy", headers=JSON)
+    assert api.status_code == 503 and api.headers["retry-after"] == "1"
+    assert api.json() == {"detail": "The service is busy; retry in a moment.", "code": "service_busy"}
+
+
+async def test_any_service_unavailable_is_503_without_its_message(http: httpx.AsyncClient) -> None:
+    response = await http.get("/unconfigured", headers=JSON)
+    assert response.status_code == 503 and response.json()["code"] == "service_busy"
+    assert "MASTER_ENCRYPTION_KEY" not in response.text  # configuration is for the log
+
+
+async def test_rate_limited_is_429_with_the_retry_after_rounded_up(http: httpx.AsyncClient) -> None:
+    response = await http.get("/throttled", headers=JSON)
+    assert response.status_code == 429 and response.headers["retry-after"] == "3"
+    assert response.json() == {"detail": "Too many requests; retry later.", "code": "rate_limited"}
