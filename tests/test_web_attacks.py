@@ -613,3 +613,93 @@ async def test_rate_limited_is_429_with_the_retry_after_rounded_up(http: httpx.A
     response = await http.get("/throttled", headers=JSON)
     assert response.status_code == 429 and response.headers["retry-after"] == "3"
     assert response.json() == {"detail": "Too many requests; retry later.", "code": "rate_limited"}
+
+
+# --- 9. session fixation: a token planted in the browser before login is dead after it ---------
+class PlantedBrowser:
+    """A browser whose cookies an attacker set before the victim logs in (a sibling subdomain, a
+    shared machine, an injected Set-Cookie): every cookie is sent and replaced as a browser would."""
+
+    def __init__(self, app: object, base_url: str, cookies: dict[str, str]) -> None:
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))  # type: ignore[arg-type]
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url, headers={"user-agent": UA})
+        self.origin = base_url
+        self.cookies = dict(cookies)
+
+    async def request(self, method: str, path: str, **form: str) -> httpx.Response:
+        headers = {"cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        if method != "GET":
+            headers["origin"] = self.origin
+        response = await self.http.request(method, path, data=form or None, headers=headers)
+        for line in response.headers.get_list("set-cookie"):
+            name, _, rest = line.partition("=")
+            value = rest.split(";", 1)[0]
+            if "Max-Age=0" in line:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return response
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+async def test_console_login_kills_a_planted_session_cookie_and_csrf_cookie(
+    fundaments: Fundaments, tmp_path: Path
+) -> None:
+    """On the real console: the attacker knows both planted values; after the victim logs in,
+    neither is worth anything and the victim's session cookie is one the attacker never saw."""
+    await fundaments.security.register_user("victim", PASSWORD)
+    mallory = await fundaments.security.register_user("mallory", "an attacker's own passphrase")
+    mallory_login = await fundaments.security.user_login(
+        "mallory", "an attacker's own passphrase", {"ip_address": "203.0.113.7", "user_agent": UA}
+    )
+    assert mallory_login.session is not None and mallory_login.session.token is not None
+    planted_csrf = "attacker-chosen-csrf-value-0123456789abcdef"
+    app = build_app(fundaments, data_dir=tmp_path / "app-data")
+    for planted_session in ("attacker-chosen-session-id-0123456789abcdef", mallory_login.session.token):
+        browser = PlantedBrowser(app, "https://localhost", {"__Host-csrf": planted_csrf})
+        await browser.request("GET", "/login")  # the victim opens the login page ...
+        browser.cookies["__Host-session"] = planted_session  # ... and the attacker plants a session
+        form_csrf = (
+            planted_csrf if planted_session.startswith("attacker") else csrf_token_for(planted_session)
+        )
+        landed = await browser.request(
+            "POST", "/login", username="victim", password=PASSWORD, csrf_token=form_csrf
+        )
+        assert landed.status_code == 303 and landed.headers["location"] == "/dashboard"
+        victim_token = browser.cookies["__Host-session"]
+        assert victim_token not in (planted_session, planted_csrf)
+        assert "Welcome, victim" in (await browser.request("GET", "/dashboard")).text
+        # The planted token is dead: no page of anyone, a bearer request 401.
+        for planted in (planted_session, planted_csrf):
+            assert (
+                await fundaments.security.validate_session(
+                    planted, {"ip_address": "203.0.113.7", "user_agent": UA}
+                )
+                is None
+            )
+            attacker = PlantedBrowser(app, "https://localhost", {"__Host-session": planted})
+            assert (await attacker.request("GET", "/dashboard")).headers["location"] == "/login"
+            await attacker.aclose()
+        # The planted pre-session CSRF value no longer passes for the victim's session.
+        forged = await browser.request("POST", "/sessions/revoke-others", csrf_token=planted_csrf)
+        assert forged.status_code == 403 and "CSRF token invalid" in forged.text
+        await browser.aclose()
+    assert await fundaments.security.list_sessions(mallory.id) == []  # the planted one was ended
+
+
+async def test_a_planted_live_session_is_ended_by_the_login_helper(
+    fundaments: Fundaments, http: httpx.AsyncClient, alice: User
+) -> None:
+    """The same through fundaments.web.login on a plain Starlette app, with a bearer check."""
+    planted = await login_token(fundaments)  # a live session the attacker holds (their own login)
+    response = await http.post(
+        "/login", data={"username": "alice", "password": PASSWORD}, headers=csrf_headers(planted)
+    )
+    fresh = set_cookies(response)["__Host-session"].split(";", 1)[0].split("=", 1)[1]
+    assert response.json() == {"ok": True} and fresh != planted
+    assert (await http.get("/api/me", headers={"authorization": f"Bearer {planted}"})).status_code == 401
+    assert (await http.get("/api/me", headers={"authorization": f"Bearer {fresh}"})).json() == {
+        "username": "alice"
+    }
