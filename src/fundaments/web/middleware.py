@@ -342,16 +342,18 @@ class SecurityMiddleware:
         own_host = headers.get("host", "").lower()
         started = False
         replaced = False  # the app's response is dropped: the body limit tripped before it started
+        own = False  # the message is the middleware's own answer
 
-        async def deliver(message: Message, own: bool) -> None:
-            nonlocal started, replaced
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, replaced, own
             if replaced and not own:
                 return
             if message["type"] == "http.response.start":
                 if bounded.tripped and not own:
                     # The app caught BodyTooLarge (FastAPI turns a failed body read into a 400).
-                    replaced = True
-                    await self._refuse(send_own, headers, self._too_large, CONNECTION_CLOSE)
+                    replaced = own = True
+                    await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
+                    own = False  # what the app sends after this is dropped
                     return
                 started = True
                 # Raw header lists, not MutableHeaders: this runs on every response (bench/web.py).
@@ -373,35 +375,32 @@ class SecurityMiddleware:
                 message["headers"] = raw
             await send(message)
 
-        async def send_wrapper(message: Message) -> None:
-            await deliver(message, own=False)
-
-        async def send_own(message: Message) -> None:  # the middleware's own answers
-            await deliver(message, own=True)
-
         length = headers.get("content-length")
         if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
             # Refused before anything reads it: no session lookup, no byte of the body.
             log.warning(
                 "refused %s %s: %s (Content-Length)", scope["method"], scope["path"], BODY_TOO_LARGE.code
             )
-            await self._refuse(send_own, headers, self._too_large, CONNECTION_CLOSE)
+            own = True
+            await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
             return
         try:
             receive, refusal = await self._admit(scope, bounded, headers, ctx, cookies)
             if refusal is not None:
+                own = True
                 log.warning("refused %s %s: %s", scope["method"], scope["path"], refusal.code)
                 extra = BEARER_CHALLENGE if refusal is SESSION_INVALID else ()
                 if refusal is PASSWORD_CHANGE_REQUIRED and _browser_page(scope, headers):
-                    await self._redirect(send_own, self.password_change_path)
+                    await self._redirect(send_wrapper, self.password_change_path)
                 else:
-                    await self._refuse(send_own, headers, refusal, extra)
+                    await self._refuse(send_wrapper, headers, refusal, extra)
                 return
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             if started:
                 raise  # the response is on its way: the server closes the connection
-            await self._answer_exception(scope, send_own, headers, exc, bounded.tripped)
+            own = True
+            await self._answer_exception(scope, send_wrapper, headers, exc, bounded.tripped)
 
     async def _answer_exception(
         self, scope: Scope, send: Send, headers: Mapping[str, str], exc: Exception, too_large: bool
