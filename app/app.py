@@ -87,6 +87,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
             SecurityMiddleware,
             security=fundaments.security,
             trusted_proxies=fundaments.settings.trusted_proxies,
+            allowed_hosts=fundaments.settings.allowed_hosts,
             public_paths=["/static/"],
         )
     ]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from tests.test_cli_admin import assert_one_line_error, cli  # noqa: F401 - cli is a fixture
+from tests.test_web_console import settings  # noqa: F401 - ALLOWED_HOSTS for the console's host
 
 from fundaments import Security, initialize_fundaments
 from fundaments.bootstrap import Fundaments
@@ -116,9 +117,9 @@ async def test_two_administrators_demoting_each_other_at_once_leave_one(
 ) -> None:
     """Two instances, two last administrators, each revoking the other's role at the same moment:
     the RBAC lock orders the two transactions, and the second sees the first's effect."""
-    settings = make_settings()
-    one = await initialize_fundaments(settings, clock=clock, configure_logs=False)
-    two = await initialize_fundaments(settings, clock=clock, configure_logs=False)
+    shared = make_settings()
+    one = await initialize_fundaments(shared, clock=clock, configure_logs=False)
+    two = await initialize_fundaments(shared, clock=clock, configure_logs=False)
     try:
         a = await one.security.register_user("alice", PASSWORD, roles=["admin"])
         b = await one.security.register_user("bob", PASSWORD, roles=["admin"])

@@ -21,7 +21,7 @@ from fundaments.bootstrap import Fundaments, ensure_admin
 from fundaments.clock import ManualClock
 from fundaments.config import Settings
 from fundaments.errors import AuthenticationError
-from test_web_console import BASE, BOB_PASSWORD, UA, Browser, build_app, signed_in_admin
+from test_web_console import BASE, BOB_PASSWORD, UA, Browser, build_app, settings, signed_in_admin  # noqa: F401 - settings: ALLOWED_HOSTS for BASE
 
 MEMBER_IP = "198.51.100.5"
 NEW_PASSWORD = "an entirely new passphrase"
@@ -288,7 +288,9 @@ async def test_a_full_hashing_pool_is_a_503_with_retry_after_not_a_500(
     make_settings: Callable[..., Settings], clock: ManualClock, tmp_path: Path
 ) -> None:
     started = await initialize_fundaments(
-        make_settings(hashing_concurrency=1, hashing_queue_size=0), clock=clock, configure_logs=False
+        make_settings(hashing_concurrency=1, hashing_queue_size=0, allowed_hosts=["console.test"]),
+        clock=clock,
+        configure_logs=False,
     )
     app = build_app(started, data_dir=tmp_path / "app-data")
     try:

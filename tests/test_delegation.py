@@ -8,6 +8,7 @@ attack through the facade; the console's own test drives it through the web page
 from __future__ import annotations
 
 import pytest
+from tests.test_web_console import settings  # noqa: F401 - ALLOWED_HOSTS for the console's host
 
 from fundaments import Security
 from fundaments.errors import PermissionDenied

@@ -259,6 +259,7 @@ def _web_app(f: Fundaments) -> Starlette:
                 SecurityMiddleware,
                 security=f.security,
                 trusted_proxies=["203.0.113.0/24"],
+                allowed_hosts=[HOST, "localhost", "::1"],
                 max_form_bytes=2_000,
             )
         ],

@@ -154,20 +154,9 @@ async def test_each_login_issues_a_different_token_and_id(fundaments, clock):
     assert len({s.token for s in issued}) == 5 and len({s.id for s in issued}) == 5
 
 
-async def test_a_token_planted_before_login_is_worthless_after_it(fundaments, clock):
-    sessions: SessionManager = fundaments["sessions"]
-    db = fundaments["db"]
-    victim = await add_user(db, clock, "victim@example.com")
-    mallory = await add_user(db, clock, "mallory@example.com")
-    mallory_session = await login(fundaments, mallory)
-    planted = [mallory_session.token, "attacker-chosen-session-id", "A" * 43]
-    # The victim's browser carries a planted token when logging in; login never reuses it.
-    victim_session = await login(fundaments, victim)
-    assert victim_session.token not in planted
-    for token in planted:
-        seen = await sessions.validate(token, ALICE)
-        assert seen is None or seen.user_id == mallory.id
-    assert (await sessions.validate(victim_session.token, ALICE)).user_id == victim.id
+# Fixation with a planted token is tested where a token can be planted, through the middleware:
+# tests/test_web_attacks.py::test_console_login_kills_a_planted_session_cookie_and_csrf_cookie
+# (the session layer takes no client token, so a test here could not fail).
 
 
 async def test_privilege_change_rotates_the_token_and_kills_the_old_one(fundaments, clock):

@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from fundaments.bootstrap import Fundaments
 from fundaments.security import User
 from fundaments.web import (
+    DEFAULT_PERMISSIONS_POLICY,
     SecurityMiddleware,
     csrf_token,
     csrf_token_for,
@@ -90,6 +91,7 @@ def build(fundaments: Fundaments, **options: Any) -> Starlette:
         return {"created_by": user.username}
 
     options.setdefault("allowed_origins", [])
+    options.setdefault("allowed_hosts", ["app.test", "localhost", "127.0.0.1", "::1"])
     return Starlette(
         routes=[
             Route("/me", me),
@@ -409,6 +411,7 @@ EVERY_RESPONSE = {
     "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
+    "permissions-policy": DEFAULT_PERMISSIONS_POLICY,
 }
 
 
@@ -569,7 +572,7 @@ async def test_plain_http_localhost_uses_the_logged_fallback_cookie(
 
 
 async def test_plain_http_elsewhere_keeps_secure_cookies(fundaments: Fundaments) -> None:
-    async with client(build(fundaments), base_url="http://app.example") as http:
+    async with client(build(fundaments, allowed_hosts=["app.example"]), base_url="http://app.example") as http:
         assert "Secure" in set_cookies(await http.get("/form"))["__Host-csrf"]
     async with client(build(fundaments, allow_insecure_localhost=False), base_url="http://localhost") as http:
         assert "__Host-csrf" in set_cookies(await http.get("/form"))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from fundaments.bootstrap import Fundaments, ensure_admin
+from fundaments.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # app/ is the example application at the repository root, not installed
@@ -50,6 +51,11 @@ class Browser:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(allowed_hosts=["console.test"])  # ALLOWED_HOSTS: BASE's host
 
 
 @pytest.fixture

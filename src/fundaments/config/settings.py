@@ -38,6 +38,9 @@ from fundaments.errors import ConfigurationError
 ENV_FILE_VARIABLE = "FUNDAMENTS_ENV_FILE"
 DEFAULT_ENV_FILE = ".env"
 DEFAULT_DATABASE_URL = "sqlite:///./var/fundaments.db"
+# Host names the web middleware answers for when ALLOWED_HOSTS is unset: loopback only, so that
+# `python main.py` works at http://127.0.0.1:8000 and a deployment must name its own host.
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1", "*.localhost")
 MIN_MASTER_KEY_LENGTH = 32
 MIN_SALT_BYTES = 16
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -107,6 +110,17 @@ def read_secret_file(variable: str, path: str) -> str:
     return text.rstrip("\r\n")
 
 
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -146,6 +160,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # comma-separated
+    # comma-separated host names (no port); "*.example.com" for subdomains, "*" for any host
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_HOSTS))
 
     # --- passwords and accounts -----------------------------------------------------------------
     password_hasher: Literal["argon2id", "pbkdf2_sha256"] = "argon2id"  # noqa: S105 - a scheme name
@@ -302,6 +318,30 @@ class Settings(BaseSettings):
                     f"TRUSTED_PROXIES entry {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
                 ) from None
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if not isinstance(value, list):
+            return value
+        hosts = []
+        for entry in value:
+            host = str(entry).strip().lower()
+            bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if _is_ip(bare):
+                hosts.append(bare)
+                continue
+            name = bare[2:] if bare.startswith("*.") else bare
+            if bare != "*" and not _HOST_NAME.fullmatch(name):
+                raise ValueError(
+                    f"ALLOWED_HOSTS entry {str(entry)[:80]!r} is not a host name: give names without "
+                    "scheme, port or path (app.example.com, *.example.com for subdomains, * for any)"
+                )
+            hosts.append(bare)
+        if not hosts:
+            raise ValueError("ALLOWED_HOSTS is empty; name the host(s) the application answers for")
+        return hosts
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -1,7 +1,8 @@
 """fundaments.web: the ASGI integration (Starlette, FastAPI, any ASGI framework).
 
     app.add_middleware(SecurityMiddleware, security=fundaments.security,
-                       trusted_proxies=fundaments.settings.trusted_proxies)
+                       trusted_proxies=fundaments.settings.trusted_proxies,
+                       allowed_hosts=fundaments.settings.allowed_hosts)
 
 See docs/web.md. Calls the ``Security`` facade only.
 """
@@ -20,6 +21,7 @@ from fundaments.web.auth import (
 from fundaments.web.middleware import (
     CSRF_FORM_FIELD,
     DEFAULT_CSP,
+    DEFAULT_PERMISSIONS_POLICY,
     SecurityMiddleware,
     WebContext,
     csrf_token_for,
@@ -29,6 +31,7 @@ from fundaments.web.middleware import (
 __all__ = [
     "CSRF_FORM_FIELD",
     "DEFAULT_CSP",
+    "DEFAULT_PERMISSIONS_POLICY",
     "SecurityMiddleware",
     "WebContext",
     "authenticated_user",

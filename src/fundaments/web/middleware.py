@@ -1,22 +1,35 @@
-"""SecurityMiddleware: sessions from a cookie or a bearer token, CSRF, security headers, client IP.
+"""SecurityMiddleware: sessions from a cookie or a bearer token, CSRF, body limits, trusted hosts,
+security headers, client IP.
 
 Plain ASGI, in the manner of Starlette's own ``SessionMiddleware``: all configuration in the
 constructor, a ``send`` wrapper for the response headers, no framework magic. It calls the
 ``Security`` facade only.
 
 For each HTTP request it
+0. refuses a ``Host`` outside ``allowed_hosts`` (400) and a body over ``max_body_bytes`` (413:
+   a larger ``Content-Length`` at once, a body without one as it streams in, whatever carries the
+   CSRF token);
 1. resolves the client IP: the direct peer, or the ``X-Forwarded-For`` address (rightmost
    untrusted hop) and ``X-Forwarded-Proto`` only when the peer is one of ``trusted_proxies`` —
    uvicorn's ``ProxyHeadersMiddleware`` does this part;
 2. reads ``Authorization: Bearer <token>`` or else the session cookie and calls
    ``validate_session`` with that IP and the User-Agent; the user and session go on the scope
-   (``scope["user"]`` and ``scope["fundaments"]``, a :class:`WebContext`);
-3. checks CSRF on unsafe methods that are not bearer-authenticated: a same-origin ``Origin`` (or,
+   (``scope["user"]`` and ``scope["fundaments"]``, a :class:`WebContext`). A bearer token that is
+   not a live session is refused (401); a user who must change the password reaches only the
+   password-change and logout paths (403, or a redirect for a browser's GET);
+3. checks CSRF on unsafe methods not authenticated by a validated bearer token: a same-origin ``Origin`` (or,
    without one, ``Referer``) and a token, in the ``X-CSRF-Token`` header or the ``csrf_token``
    form field, derived from the session token (or, before a session exists, the double-submit
    value of the CSRF cookie). Failure: 403;
-4. adds the security headers to every response and the cookies the request changed: a rotated
-   session token, a cleared dead cookie, the cookies set by :func:`fundaments.web.login`.
+4. adds the security headers to every response (refusals and 500s included) and the cookies the
+   request changed: a rotated session token, a cleared dead cookie, the cookies set by
+   :func:`fundaments.web.login`; a ``Location`` pointing at the request's own host becomes relative;
+5. answers an uncaught exception of the application itself: ``ServiceUnavailable`` (a full
+   hashing pool) is 503 with ``Retry-After``, ``RateLimited`` 429, anything else a generic 500.
+
+Every refusal is JSON ``{"detail": ..., "code": ...}`` for API clients (``Accept: application/json``,
+a JSON body or a bearer token) and plain text for browsers, with one of the stable ``code`` values
+of :class:`Refusal`.
 """
 
 from __future__ import annotations
@@ -24,7 +37,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +53,8 @@ from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from fundaments.config.settings import DEFAULT_ALLOWED_HOSTS
+from fundaments.errors import FundamentsError, RateLimited, ServiceUnavailable
 from fundaments.security import MAX_IP_LENGTH, Security, Session, User
 
 log = logging.getLogger(__name__)
@@ -55,6 +72,14 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DEFAULT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+# Features a console never needs, switched off for the page and every frame. Only names Chromium
+# recognizes (an unknown one, such as the retired interest-cohort, logs a console error); Firefox
+# and Safari ignore the header.
+DEFAULT_PERMISSIONS_POLICY = (
+    "accelerometer=(), autoplay=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), "
+    "magnetometer=(), microphone=(), midi=(), payment=(), publickey-credentials-get=(self), "
+    "screen-wake-lock=(), usb=(), xr-spatial-tracking=()"
 )
 
 
@@ -146,9 +171,13 @@ class WebContext:
         )
 
     def end_session(self) -> str | None:
-        """Forget the session of this request and clear its cookie; the token, if there was one."""
-        token, self._token, self.user, self.session, self.auth = self._token, None, None, None, None
-        self._set_cookies.append(_cookie(self.cookies.session, "", secure=self.cookies.secure, max_age=0))
+        """Forget the session of this request and clear its cookie; the token, if there was one.
+
+        A bearer session leaves the cookie alone: that is another session, which lives on."""
+        token, bearer = self._token, self.auth == "bearer"
+        self._token, self.user, self.session, self.auth = None, None, None, None
+        if not bearer:
+            self._set_cookies.append(_cookie(self.cookies.session, "", secure=self.cookies.secure, max_age=0))
         return token
 
     @property
@@ -157,8 +186,60 @@ class WebContext:
         return self._token
 
 
+class BodyTooLarge(FundamentsError):
+    """A request body grew past ``max_body_bytes`` (the middleware answers 413)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One way the middleware refuses a request: status, stable ``code``, a message for the client."""
+
+    status: int
+    code: str
+    detail: str
+
+
+HOST_NOT_ALLOWED = Refusal(400, "host_not_allowed", "Invalid Host header.")
+BODY_TOO_LARGE = Refusal(413, "body_too_large", "Request body too large.")
+CROSS_ORIGIN = Refusal(403, "cross_origin", "Forbidden: cross-origin request refused.")
+CSRF_MISSING = Refusal(
+    403,
+    "csrf_missing",
+    "Forbidden: CSRF token missing; send the csrf_token form field or the X-CSRF-Token header.",
+)
+CSRF_MALFORMED = Refusal(403, "csrf_missing", "Forbidden: CSRF token missing (malformed form body).")
+CSRF_INVALID = Refusal(403, "csrf_invalid", "Forbidden: CSRF token invalid; reload the page and try again.")
+SESSION_INVALID = Refusal(
+    401, "session_invalid", "The bearer token is not a live session; log in again for a new one."
+)
+PASSWORD_CHANGE_REQUIRED = Refusal(
+    403, "password_change_required", "Change your password first; until then only that and logging out work."
+)
+SERVICE_BUSY = Refusal(503, "service_busy", "The service is busy; retry in a moment.")
+RATE_LIMITED = Refusal(429, "rate_limited", "Too many requests; retry later.")
+SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
+
+
+class _BoundedReceive:
+    """``receive`` counting the body as it streams in; past ``limit`` bytes it raises BodyTooLarge."""
+
+    __slots__ = ("limit", "receive", "size", "tripped")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive, self.limit, self.size, self.tripped = receive, limit, 0, False
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            if self.size > self.limit:
+                self.tripped = True
+                raise BodyTooLarge(f"request body over {self.limit} bytes")
+        return message
+
+
 class SecurityMiddleware:
-    """Authenticate, CSRF-check and harden every HTTP request of an ASGI application."""
+    """Authenticate, CSRF-check, bound and harden every HTTP request of an ASGI application."""
 
     def __init__(
         self,
@@ -166,12 +247,19 @@ class SecurityMiddleware:
         security: Security,
         *,
         trusted_proxies: Iterable[str] = (),  # IPs or networks whose X-Forwarded-* headers count
+        allowed_hosts: Iterable[
+            str
+        ] = DEFAULT_ALLOWED_HOSTS,  # Host names answered; "*.x" subdomains, "*" any
         allow_insecure_localhost: bool = True,  # plain-http cookies for http://localhost development
         allowed_origins: Iterable[str] = (),  # extra origins accepted for unsafe requests
         csrf_exempt_paths: Iterable[str] = (),  # exact paths without CSRF checks (e.g. webhooks)
         public_paths: Iterable[str] = (),  # path prefixes served without a session lookup (assets)
-        max_form_bytes: int = 1_000_000,  # bodies read for the csrf_token form field, in bytes
+        max_body_bytes: int = 1_000_000,  # every request body, in bytes; larger ones get 413
+        max_form_bytes: int | None = None,  # the former name of max_body_bytes (wins when given)
+        password_change_path: str = "/password",  # noqa: S107 - a path; where a user who must change the password does it
+        password_change_exempt_paths: Iterable[str] = ("/logout",),  # further exact paths they may reach
         content_security_policy: str = DEFAULT_CSP,
+        permissions_policy: str = DEFAULT_PERMISSIONS_POLICY,
         hsts_max_age: int = 63_072_000,  # seconds (two years), sent over https only
     ) -> None:
         self.app = app
@@ -180,7 +268,17 @@ class SecurityMiddleware:
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.csrf_exempt_paths = frozenset(csrf_exempt_paths)
         self.public_paths = tuple(public_paths)
-        self.max_form_bytes = max_form_bytes
+        self.max_body_bytes = max_form_bytes if max_form_bytes is not None else max_body_bytes
+        self._too_large = Refusal(
+            413, BODY_TOO_LARGE.code, f"Request body too large: the limit is {self.max_body_bytes} bytes."
+        )
+        self.password_change_path = password_change_path
+        self.password_change_paths = frozenset({password_change_path, *password_change_exempt_paths})
+        hosts = [h.strip().lower() for h in allowed_hosts]
+        hosts = [h[1:-1] if h.startswith("[") and h.endswith("]") else h for h in hosts]
+        self.any_host = "*" in hosts
+        self.allowed_hosts = frozenset(h for h in hosts if not h.startswith("*"))
+        self.allowed_host_suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
         self.hsts = f"max-age={hsts_max_age}; includeSubDomains"
         self.headers = [
             ("content-security-policy", content_security_policy),
@@ -188,6 +286,7 @@ class SecurityMiddleware:
             ("referrer-policy", "same-origin"),
             ("x-frame-options", "DENY"),
             ("cross-origin-opener-policy", "same-origin"),
+            ("permissions-policy", permissions_policy),
         ]
         self._raw_headers = [(name.encode(), value.encode()) for name, value in self.headers]
         self._raw_hsts = self.hsts.encode()
@@ -210,7 +309,18 @@ class SecurityMiddleware:
     # --- one request ---------------------------------------------------------------------------
     async def _secured(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _request_headers(scope)
-        cookie_names = self._cookie_names(scope, headers)
+        host = _hostname(headers.get("host", ""))
+        if not self._host_allowed(host):
+            # The hint goes to the log only; the client learns nothing about the configuration.
+            log.warning(
+                "refused %s %s: Host %r is not in ALLOWED_HOSTS (add it there to serve it)",
+                scope["method"], scope["path"], host[:100],
+            )  # fmt: skip
+            await self._refuse(send, headers, HOST_NOT_ALLOWED)
+            return
+        bounded = _BoundedReceive(receive, self.max_body_bytes)
+
+        cookie_names = self._cookie_names(scope, host)
         cookies = cookie_parser(headers.get("cookie", ""))
         client = scope.get("client")
         client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
@@ -228,28 +338,24 @@ class SecurityMiddleware:
         scope[SCOPE_KEY] = ctx
         scope["user"] = None
 
-        presented, auth = self._presented_token(headers, cookies.get(cookie_names.session))
-        if self.public_paths and scope["path"].startswith(self.public_paths):
-            # Assets: no lookup, and no clearing of a cookie that a parallel page request may
-            # just have rotated (the old token is dead at once; clearing would log the user out).
-            presented, auth = None, None
-        if presented is not None:
-            await self._authenticate(ctx, presented, auth)
-        elif auth == "cookie":  # a cookie that cannot be a token
-            ctx.end_session()
-        scope["user"] = ctx.user
-
-        # A browser never attaches an Authorization header cross-site: bearer requests need no CSRF token.
-        if scope["method"] not in SAFE_METHODS and auth != "bearer":
-            receive, refusal = await self._check_csrf(scope, receive, headers, ctx, presented)
-            if refusal is not None:
-                await self._refuse(scope, send, 413 if refusal == "too large" else 403, refusal)
-                return
-
         https = scope.get("scheme") == "https"
+        own_host = headers.get("host", "").lower()
+        started = False
+        replaced = False  # the app's response is dropped: the body limit tripped before it started
+        own = False  # the message is the middleware's own answer
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal started, replaced, own
+            if replaced and not own:
+                return
             if message["type"] == "http.response.start":
+                if bounded.tripped and not own:
+                    # The app caught BodyTooLarge (FastAPI turns a failed body read into a 400).
+                    replaced = own = True
+                    await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
+                    own = False  # what the app sends after this is dropped
+                    return
+                started = True
                 # Raw header lists, not MutableHeaders: this runs on every response (bench/web.py).
                 raw = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in raw}
@@ -259,18 +365,110 @@ class SecurityMiddleware:
                 if ctx.user is not None or ctx._set_cookies:
                     raw = [h for h in raw if h[0].lower() != b"cache-control"]
                     raw.append((b"cache-control", b"no-store"))
+                if b"location" in present:  # Starlette builds redirects from the Host header
+                    raw = [
+                        (n, _relative_location(v, own_host) if n.lower() == b"location" else v)
+                        for n, v in raw
+                    ]
                 raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
                 raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
                 message["headers"] = raw
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        length = headers.get("content-length")
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
+            # Refused before anything reads it: no session lookup, no byte of the body.
+            log.warning(
+                "refused %s %s: %s (Content-Length)", scope["method"], scope["path"], BODY_TOO_LARGE.code
+            )
+            own = True
+            await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
+            return
+        try:
+            receive, refusal = await self._admit(scope, bounded, headers, ctx, cookies)
+            if refusal is not None:
+                own = True
+                log.warning("refused %s %s: %s", scope["method"], scope["path"], refusal.code)
+                extra = BEARER_CHALLENGE if refusal is SESSION_INVALID else ()
+                if refusal is PASSWORD_CHANGE_REQUIRED and _browser_page(scope, headers):
+                    await self._redirect(send_wrapper, self.password_change_path)
+                else:
+                    await self._refuse(send_wrapper, headers, refusal, extra)
+                return
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise  # the response is on its way: the server closes the connection
+            own = True
+            await self._answer_exception(scope, send_wrapper, headers, exc, bounded.tripped)
 
-    def _cookie_names(self, scope: Scope, headers: Mapping[str, str]) -> CookieNames:
+    async def _answer_exception(
+        self, scope: Scope, send: Send, headers: Mapping[str, str], exc: Exception, too_large: bool
+    ) -> None:
+        """The answer to an exception that left the app before its response started."""
+        where = f"{scope['method']} {scope['path']}"
+        if isinstance(exc, BodyTooLarge) or too_large:
+            log.warning("refused %s: %s", where, BODY_TOO_LARGE.code)
+            await self._refuse(send, headers, self._too_large, CONNECTION_CLOSE)
+        elif isinstance(exc, RateLimited):
+            log.warning("429 for %s: %s", where, type(exc).__name__)
+            retry = (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
+            await self._refuse(send, headers, RATE_LIMITED, retry)
+        elif isinstance(exc, ServiceUnavailable):  # HashingBusyError: the hashing pool is full
+            log.warning("503 for %s: %s", where, type(exc).__name__)
+            retry_after = float(getattr(exc, "retry_after", 1.0))
+            retry = (("retry-after", str(max(1, math.ceil(retry_after)))),)
+            await self._refuse(send, headers, SERVICE_BUSY, retry)
+        else:
+            # Starlette's ServerErrorMiddleware sits outside this one: answered there, a 500 would
+            # carry none of the security headers. The traceback goes to the log (through its
+            # redaction filter), never to the client.
+            log.error("unhandled %s in %s", type(exc).__name__, where, exc_info=exc)
+            await self._refuse(send, headers, SERVER_ERROR)
+
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: Mapping[str, str],
+        ctx: WebContext,
+        cookies: Mapping[str, str],
+    ) -> tuple[Receive, Refusal | None]:
+        """Authenticate the request and run the checks due before the app: the ``receive`` to
+        hand on (a read form body is replayed) and a refusal, or None."""
+        path = scope["path"]
+        presented, auth = self._presented_token(headers, cookies.get(ctx.cookies.session))
+        if self.public_paths and path.startswith(self.public_paths):
+            # Assets: no lookup, and no clearing of a cookie that a parallel page request may
+            # just have rotated (the old token is dead at once; clearing would log the user out).
+            presented, auth = None, None
+        if presented is not None:
+            await self._authenticate(ctx, presented, auth)
+        elif auth == "cookie":  # a cookie that cannot be a token
+            ctx.end_session()
+        scope["user"] = ctx.user
+        # A bearer header that authenticates nothing is refused rather than served as anonymous:
+        # it can neither switch CSRF off nor let a logout clear a cookie whose session lives on.
+        # Exempt paths (webhooks) may use Authorization for a scheme of their own.
+        if auth == "bearer" and ctx.auth != "bearer" and path not in self.csrf_exempt_paths:
+            return receive, SESSION_INVALID
+        user = ctx.user
+        if user is not None and user.must_change_password and path not in self.password_change_paths:
+            return receive, PASSWORD_CHANGE_REQUIRED
+        # A browser never attaches an Authorization header cross-site: a validated bearer token
+        # needs no CSRF token.
+        if scope["method"] not in SAFE_METHODS and ctx.auth != "bearer":
+            return await self._check_csrf(scope, receive, headers, ctx, presented)
+        return receive, None
+
+    def _host_allowed(self, host: str) -> bool:
+        if self.any_host or host in self.allowed_hosts:
+            return True
+        return bool(self.allowed_host_suffixes) and host.endswith(self.allowed_host_suffixes)
+
+    def _cookie_names(self, scope: Scope, host: str) -> CookieNames:
         if scope.get("scheme") == "https" or not self.allow_insecure_localhost:
             return SECURE_COOKIES
-        host = headers.get("host", "").lower()
-        host = host[1 : host.find("]")] if host.startswith("[") else host.partition(":")[0]
         if host in LOOPBACK_NAMES or host.endswith(".localhost"):
             if not self._warned_insecure:
                 self._warned_insecure = True
@@ -340,35 +538,33 @@ class SecurityMiddleware:
         headers: Mapping[str, str],
         ctx: WebContext,
         presented: str | None,
-    ) -> tuple[Receive, str | None]:
+    ) -> tuple[Receive, Refusal | None]:
         if scope["path"] in self.csrf_exempt_paths:
             return receive, None
         if not self._same_origin(scope, headers):
-            return receive, "cross-origin request refused"
+            return receive, CROSS_ORIGIN
         if ctx.auth == "cookie" and presented is not None:
             expected = csrf_token_for(presented)  # the token the page was rendered with
         elif ctx._presession_csrf is not None:
             expected = ctx._presession_csrf
         else:
-            return receive, "CSRF token missing"
+            return receive, CSRF_MISSING
         given = headers.get(CSRF_HEADER)
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if given is None and content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            body = await self._read_body(receive)
-            if body is None:
-                return receive, "too large"
+            body = await _read_body(receive)  # bounded: BodyTooLarge past max_body_bytes
             try:
                 form = await Request(dict(scope), _replay(body, receive)).form()
             except (HTTPException, MultiPartException):  # malformed multipart: no token to read
-                return receive, "CSRF token missing (malformed form body)"
+                return receive, CSRF_MALFORMED
             receive = _replay(body, receive)
             field_value = form.get(CSRF_FORM_FIELD)
             given = field_value if isinstance(field_value, str) else None
             await form.close()
         if given is None:
-            return receive, "CSRF token missing"
+            return receive, CSRF_MISSING
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            return receive, "CSRF token invalid"
+            return receive, CSRF_INVALID
         return receive, None
 
     def _same_origin(self, scope: Scope, headers: Mapping[str, str]) -> bool:
@@ -386,33 +582,36 @@ class SecurityMiddleware:
         origin = origin.rstrip("/").lower()
         return origin == own or origin in self.allowed_origins
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_form_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-    async def _refuse(self, scope: Scope, send: Send, status: int, reason: str) -> None:
-        log.warning("refused %s %s: %s", scope["method"], scope["path"], reason)
-        body = f"Forbidden: {reason}\n".encode() if status == 403 else b"Request body too large\n"
-        headers = [(name.encode(), value.encode()) for name, value in self.headers]
-        headers += [
-            (b"content-type", b"text/plain; charset=utf-8"),
+    # --- the middleware's own answers ----------------------------------------------------------
+    async def _refuse(
+        self,
+        send: Send,
+        headers: Mapping[str, str],
+        refusal: Refusal,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Answer ``refusal``: JSON ``{"detail", "code"}`` for API clients, plain text for browsers,
+        with the security headers."""
+        if _wants_json(headers):
+            body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
+            content_type = b"application/json"
+        else:
+            body = f"{refusal.detail}\n".encode()
+            content_type = b"text/plain; charset=utf-8"
+        raw = [
+            *self._raw_headers,
+            (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
         ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        raw += [(b"cache-control", b"no-store"), *((n.encode(), v.encode()) for n, v in extra)]
+        await send({"type": "http.response.start", "status": refusal.status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
+
+    async def _redirect(self, send: Send, location: str) -> None:
+        raw = [*self._raw_headers, (b"location", location.encode()), (b"content-length", b"0")]
+        raw.append((b"cache-control", b"no-store"))
+        await send({"type": "http.response.start", "status": 303, "headers": raw})
+        await send({"type": "http.response.body", "body": b""})
 
 
 _WANTED_HEADERS = frozenset(
@@ -424,9 +623,13 @@ _WANTED_HEADERS = frozenset(
         b"origin",
         b"referer",
         b"content-type",
+        b"content-length",
+        b"accept",
         b"x-csrf-token",
     }
 )
+CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
+BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
 
 
 def _request_headers(scope: Scope) -> dict[str, str]:
@@ -440,6 +643,61 @@ def _request_headers(scope: Scope) -> dict[str, str]:
             elif key == "cookie":  # HTTP/2 may split the Cookie header
                 found[key] += "; " + value.decode("latin-1")
     return found
+
+
+def _hostname(host_header: str) -> str:
+    """The host name of a ``Host`` header, lower case, without port or IPv6 brackets."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    return host.partition(":")[0].rstrip(".")
+
+
+def _wants_json(headers: Mapping[str, str]) -> bool:
+    """An API client: it accepts JSON, sends JSON, or authenticates with a bearer token."""
+    if "application/json" in headers.get("accept", ""):
+        return True
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return True
+    return headers.get("authorization", "")[:7].lower() == "bearer "
+
+
+def _browser_page(scope: Scope, headers: Mapping[str, str]) -> bool:
+    return scope["method"] in ("GET", "HEAD") and not _wants_json(headers)
+
+
+def _relative_location(value: bytes, own_host: str) -> bytes:
+    """``Location: http://<the request's Host>/x`` as ``/x``: Starlette builds absolute redirects
+    (the trailing-slash one among them) from the Host header, which the client wrote."""
+    text = value.decode("latin-1")
+    lowered = text.lower()
+    for prefix in ("http://", "https://", "//"):
+        if lowered.startswith(prefix):
+            rest = text[len(prefix) :]
+            netloc, slash, tail = rest.partition("/")
+            if netloc.lower() != own_host:
+                return value  # another site: the application's deliberate choice
+            relative = "/" + tail if slash else "/"
+            if not slash and ("?" in netloc or "#" in netloc):
+                return value
+            if relative.startswith("//"):  # "//evil.example" would be protocol-relative
+                relative = "/" + relative.lstrip("/")
+            return relative.encode("latin-1")
+    return value
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
