@@ -98,10 +98,16 @@ def documented_answer(harness: Harness, parts: dict[str, Any]) -> list[tuple[byt
     the response headers (with the security headers checked)."""
     oracle = {**parts, "method": "GET", "path": "/me", "body": b"", "content-type": None}
     me: list[bytes] = []
-    drive(harness, oracle, me)  # the same headers: who the middleware sees (before, as a binding
-    signed_in = json.loads(me[0])["user"] is not None  # mismatch revokes the session for both)
+    seen, _ = drive(harness, oracle, me)  # the same headers: who the middleware sees (before, as a
+    # binding mismatch revokes the session for both). Refused before routing — a host not allowed
+    # (400), a bearer token that authenticates nobody (401) — the request gets the same refusal.
+    refused_first = seen in (400, 401)
+    signed_in = not refused_first and json.loads(me[0])["user"] is not None
     status, headers = drive(harness, parts)
-    expected = documented_statuses(parts["method"], parts["path"], parts["body"], signed_in)
+    if refused_first:
+        expected = {seen} | ({413} if len(parts["body"]) > MAX_FORM_BYTES else set())
+    else:
+        expected = documented_statuses(parts["method"], parts["path"], parts["body"], signed_in)
     assert status in expected, (status, expected)
     if status == 405:
         allow = dict(headers)[b"allow"].decode()
