@@ -5,6 +5,7 @@ PostgreSQL, with the injected clock (no sleeping)."""
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -108,7 +109,9 @@ def test_username_normalization_is_idempotent_and_safe(raw: str) -> None:
     assert normalize_username(name) == name
     assert 0 < len(name) <= 254
     assert name == name.strip()
-    assert all(ch.isprintable() or ch == " " or not ch.isascii() for ch in name)
+    assert name == unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold()).strip()
+    invisible = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, zero-width, unassigned, separators
+    assert not {unicodedata.category(ch) for ch in name} & invisible
 
 
 async def test_normalized_usernames_collide(fundaments: Fundaments) -> None:
