@@ -148,8 +148,11 @@ def run_tests(
         return "timeout"
     if result.returncode == 0:
         return "passed"
-    if result.returncode == 5:  # no tests collected: a stale node id, not a kill
-        raise SystemExit(f"no tests collected for {' '.join(tests)}: fix the node ids in the list")
+    if result.returncode in (3, 4, 5):  # internal error, usage error (a missing file), nothing collected
+        raise SystemExit(
+            f"pytest could not run {' '.join(tests)} (exit {result.returncode}): fix the node ids in the "
+            f"list\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return "failed"
 
 
