@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -101,6 +101,8 @@ def test_unusable_usernames_are_refused(bad: str) -> None:
 
 @hsettings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
+@example("bo\u200bb")  # zero-width space (Cf): random text rarely holds one
+@example("bo\u2028b")  # line separator (Zl)
 def test_username_normalization_is_idempotent_and_safe(raw: str) -> None:
     try:
         name = normalize_username(raw)
