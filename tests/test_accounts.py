@@ -5,11 +5,12 @@ PostgreSQL, with the injected clock (no sleeping)."""
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -100,6 +101,8 @@ def test_unusable_usernames_are_refused(bad: str) -> None:
 
 @hsettings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
+@example("bo\u200bb")  # zero-width space (Cf): random text rarely holds one
+@example("bo\u2028b")  # line separator (Zl)
 def test_username_normalization_is_idempotent_and_safe(raw: str) -> None:
     try:
         name = normalize_username(raw)
@@ -108,7 +111,9 @@ def test_username_normalization_is_idempotent_and_safe(raw: str) -> None:
     assert normalize_username(name) == name
     assert 0 < len(name) <= 254
     assert name == name.strip()
-    assert all(ch.isprintable() or ch == " " or not ch.isascii() for ch in name)
+    assert name == unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold()).strip()
+    invisible = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, zero-width, unassigned, separators
+    assert not {unicodedata.category(ch) for ch in name} & invisible
 
 
 async def test_normalized_usernames_collide(fundaments: Fundaments) -> None:

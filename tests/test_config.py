@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import logging
 import os
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from fundaments.config import (
@@ -238,10 +241,72 @@ def test_dsn_password_is_masked() -> None:
     assert "s3cr3t" not in parsed.masked
 
 
-@given(st.text(max_size=200))
-def test_database_url_parser_raises_only_value_error(text: str) -> None:
+URL_SCHEMES = ["sqlite", "SQLite+aiosqlite", "postgresql", "Postgres", "postgresql+asyncpg", "mysql", ""]
+URL_HOSTS = ["127.0.0.1", "localhost", "[::1]", "db.example.com", "10.0.0.5", "", "h:notaport"]
+URL_SSLMODES = [None, "disable", "allow", "prefer", "require", "verify-full", "bogus"]
+database_urls = st.one_of(
+    st.text(max_size=200),
+    st.builds(
+        lambda scheme, sep, host, path, sslmode, socket: (
+            f"{scheme}{sep}u:pw@{host}{path}"
+            + (f"?sslmode={sslmode}" if sslmode else "")
+            + (("&" if sslmode else "?") + "host=/run/postgresql" if socket else "")
+        ),
+        st.sampled_from(URL_SCHEMES),
+        st.sampled_from(["://", "://", "://", ":/", ""]),
+        st.sampled_from(URL_HOSTS),
+        st.sampled_from(["/app", "/", "", "/:memory:"]),
+        st.one_of(st.none(), st.sampled_from(URL_SSLMODES)),
+        st.sampled_from([False, False, True]),
+    ),
+)
+
+
+def expected_database_url(text: str) -> tuple[str, str | None] | None:
+    """A reference for the parser: (dialect, sslmode) for a usable URL, None for a refused one."""
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        return None
+    if scheme in {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}:
+        path = rest.removeprefix("/").split("?", 1)[0]
+        return None if path in {"", ":memory:"} else ("sqlite", None)
+    if scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        return None
+    try:
+        parts = urlsplit("postgresql://" + rest)
+        host, _ = parts.hostname or "", parts.port
+    except ValueError:
+        return None
+    query = dict(parse_qsl(parts.query))
+    host, sslmode = query.get("host", host), query.get("sslmode")
+    if sslmode not in {None, "disable", "allow", "prefer", "require", "verify-ca", "verify-full"}:
+        return None
+    loopback = host in {"", "localhost", "localhost.localdomain"} or host.startswith("/")
     with contextlib.suppress(ValueError):
-        parse_database_url(text)
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback and sslmode in {None, "allow", "prefer"}:
+        # TLS by default once the database is on another machine; never a mode that falls back
+        return None if sslmode else ("postgresql", "require")
+    return "postgresql", sslmode
+
+
+@hsettings(max_examples=300)
+@given(database_urls)
+@example("postgresql://u:pw@db.example.com/app")  # remote without sslmode: TLS required
+@example("postgres://u:pw@10.0.0.5/app?sslmode=prefer")  # may fall back to plain text: refused
+@example("postgresql://u:pw@localhost/app?sslmode=allow&host=/run/postgresql")
+def test_database_url_parser_agrees_with_the_reference_and_raises_only_value_error(text: str) -> None:
+    expected = expected_database_url(text)
+    try:
+        parsed = parse_database_url(text)
+    except ValueError as exc:
+        assert expected is None, f"{text!r} was refused: {exc}"
+        assert str(exc).startswith("DATABASE_URL")  # the message names the setting to fix
+        return
+    assert expected == (parsed.dialect, parsed.sslmode), text
+    if parsed.dialect == "postgresql":
+        assert ":pw@" not in parsed.masked  # the password never shows
 
 
 # --- masking ------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from fundaments.errors import (
     RoleError,
     UserExistsError,
 )
+from fundaments.models import LoginFailure
 from fundaments.web import SecurityMiddleware, csrf_token, csrf_token_for, login, login_required
 from test_cli_admin import cli_environment
 
@@ -543,15 +544,24 @@ def test_users_import_reports_every_row_and_never_crashes(
 @given(username=usernames, password=passwords)
 @example(username="alice", password="\ud800" * 12)
 @example(username="\ud800", password=PASSWORD)
+@example(username=" ＡＬＩＣＥ", password=PASSWORD)
+@example(username="alice", password=PASSWORD + " ")
 def test_user_login_with_any_credentials_returns_a_result_and_never_raises(
     harness: Harness, username: str, password: str
 ) -> None:
     result = harness.run(
         harness.f.security.user_login(username, password, {"ip_address": PEER, "user_agent": "ua"})
     )
-    assert bool(result) == (result.session is not None)
-    if result:
-        assert unicodedata.normalize("NFKC", username).casefold().strip() == "alice"
-        assert password == PASSWORD
+    # The one right answer, from a reference of its own: alice's name in any case or width, her
+    # password after NFKC (PASSWORD is ASCII, so no surrogate or look-alike can equal it).
+    name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold()).strip()
+    expected = name == "alice" and unicodedata.normalize("NFKC", password) == PASSWORD
+    if expected:
+        assert result and result.reason is None
+        assert result.user is not None and result.user.id == harness.alice.id
+        assert result.session is not None and result.session.user_id == harness.alice.id
+    else:
+        assert not result and result.session is None
+        assert result.reason is LoginFailure.INVALID_CREDENTIALS
     harness.run(harness.f.security.unlock_user(harness.alice.id))
     harness.run(harness.f["db"].execute("DELETE FROM fundaments_ip_throttle"))

@@ -142,8 +142,10 @@ def test_hash_parsing_never_crashes_on_untrusted_input(encoded: str) -> None:
     if hasher is None:
         with pytest.raises(InvalidPasswordHashError):
             passwords.validate_import(encoded)
-    assert passwords.verify("x" * 16, encoded) in (True, False)
-    assert passwords.must_update(encoded) in (True, False)
+    assert passwords.verify("x" * 16, encoded) is False  # none of these is a hash of that password
+    if hasher is None or not encoded.startswith("$argon2id$"):
+        # unreadable, or another scheme than the current Argon2id: replaced at the next login
+        assert passwords.must_update(encoded) is True
 
 
 def test_passwords_are_verified_as_typed_after_nfkc(passwords: PasswordService) -> None:

@@ -36,6 +36,8 @@ def _translate(exc: Exception) -> StorageError:
 
 # What a statement on a connection whose backend died raises, depending on when it notices.
 _CONNECTION_LOST = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.InternalClientError)
+# Every driver error a statement may raise: callers get StorageError (a closed pool too), not asyncpg's.
+_DRIVER_ERRORS = (asyncpg.PostgresError, *_CONNECTION_LOST)
 
 
 async def _connect_direct(dsn: str) -> Any:
@@ -58,33 +60,33 @@ class _Runner:
         try:
             row: Row | None = await self._run("fetchrow", sql, args)
             return row
-        except asyncpg.PostgresError as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         try:
             rows: list[Row] = await self._run("fetch", sql, args)
             return rows
-        except asyncpg.PostgresError as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         try:
             return await self._run("fetchval", sql, args)
-        except asyncpg.PostgresError as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def execute(self, sql: str, *args: Any) -> int:
         try:
             status: str = await self._run("execute", sql, args)
             return rowcount_from_status(status)
-        except asyncpg.PostgresError as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         try:
             await self._conn.executemany(sql, args)
-        except asyncpg.PostgresError as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
 

@@ -205,6 +205,11 @@ async def purge_batch(tx: Executor, now: float, idle_cutoff: float, limit: int) 
     )
 
 
+# What a dead or killed connection raises. InternalClientError too: a backend terminated mid-query
+# can leave the client protocol in a state where the next call fails with "cannot switch to state".
+_BROKEN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 class PinnedLookup:
     """Session lookups on PostgreSQL over one dedicated connection; concurrent lookups are batched.
 
@@ -246,7 +251,7 @@ class PinnedLookup:
             # Broken, or cancelled mid-query: the connection's state is unknown; never reuse it.
             self._discard()
             self._hand_over()
-            if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            if isinstance(exc, _BROKEN):
                 return await lookup(self._db, token_hash)
             raise
         if self._waiting:
@@ -315,7 +320,7 @@ class PinnedLookup:
                 rows = await self._many.fetch(hashes, timeout=COMMAND_TIMEOUT)
             except StorageError:
                 rows = await self._db.fetch(LOOKUP_MANY, hashes)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _BROKEN:
                 self._discard()
                 rows = await self._db.fetch(LOOKUP_MANY, hashes)
         return {bytes(row[LOOKUP_WIDTH]): tuple(cast(Iterable[Any], row))[:LOOKUP_WIDTH] for row in rows}
