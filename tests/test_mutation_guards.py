@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))  # app/ is the example application at the reposito
 from app.app import build_app  # noqa: E402
 from app.secrets_store import secret_context  # noqa: E402
 
-from test_web_console import Browser, signed_in_admin  # noqa: E402
+from test_web_console import Browser, settings, signed_in_admin  # noqa: E402, F401 - settings: ALLOWED_HOSTS
 
 NEW_PASSWORD = "a different and longer passphrase"
 NEW_KEY = "new-master-key-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
