@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     rbac_default_roles: bool = True  # first start creates `admin` (*) and `member` (nothing)
     rbac_refresh_seconds: float = Field(default=0.5, ge=0.05, le=60)  # poll for changes by other instances
 
+    # --- audit trail ----------------------------------------------------------------------------
+    audit_checkpoint_every: int = Field(default=1_000, ge=10, le=1_000_000)  # events per MAC'ed checkpoint
+
     @classmethod
     def settings_customise_sources(
         cls,
