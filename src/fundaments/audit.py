@@ -540,11 +540,16 @@ class AuditTrail:
     async def _verify(self, full: bool, progress: Callable[[int, int], object] | None) -> ChainVerification:
         # Pin the head first: an event and its checkpoint commit together, and ids only grow, so
         # everything up to it is visible now and stays put, whatever is appended meanwhile.
+        # The newest checkpoint is read before the head: every checkpoint seen then must pin an event
+        # that is still there, while one appended meanwhile for a newer event is left for next time.
+        known = await queries.newest_checkpoint(self._db)
         head_id, _ = await queries.chain_head(self._db)
         checked = 0
         position = 0
         try:
-            start_id, start_hash, position, base, pending, checked = await self._starting_point(full, head_id)
+            start_id, start_hash, position, base, pending, checked = await self._starting_point(
+                full, head_id, known
+            )
             total = 0
             if progress is not None:
                 total = position + await queries.count_events_between(self._db, start_id, head_id)
@@ -587,13 +592,16 @@ class AuditTrail:
         )
 
     async def _starting_point(
-        self, full: bool, head_id: int
+        self, full: bool, head_id: int, known: Row | None
     ) -> tuple[int, str, int, Row | None, list[Row], int]:
         """(event id, its hash, its position, the checkpoint there, the newer checkpoints to check
         on the way — MACs already verified —, checkpoints checked so far)."""
         mark = None if full else self._mark
+        known_id = 0 if known is None else int(known["id"])
         if full:
-            pending = await queries.checkpoints(self._db, from_id=0, at_most_event_id=head_id)
+            pending = await queries.checkpoints(
+                self._db, from_id=0, at_most_event_id=head_id, known_id=known_id
+            )
             self._check_macs(None, pending)
             return 0, queries.GENESIS_HASH, 0, None, pending, 0
         if mark is not None:
@@ -606,7 +614,10 @@ class AuditTrail:
                 )
             base = mark.checkpoint
             rows = await queries.checkpoints(
-                self._db, from_id=0 if base is None else int(base["id"]), at_most_event_id=head_id
+                self._db,
+                from_id=0 if base is None else int(base["id"]),
+                at_most_event_id=head_id,
+                known_id=known_id,
             )
             if base is not None:
                 if not rows or not _same_checkpoint(rows[0], base):
@@ -620,7 +631,7 @@ class AuditTrail:
                 rows = rows[1:]
             self._check_macs(base, rows)
             return mark.event_id, mark.event_hash, mark.events, base, rows, 1 if base is not None else 0
-        base = await queries.newest_checkpoint(self._db, at_most_event_id=head_id)
+        base = known
         if base is None:
             return 0, queries.GENESIS_HASH, 0, None, [], 0
         self._check_macs(await queries.checkpoint_before(self._db, int(base["id"])), [base])

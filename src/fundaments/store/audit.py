@@ -98,12 +98,15 @@ async def checkpoint_before(db: Executor, checkpoint_id: int) -> Row | None:
     )
 
 
-async def checkpoints(db: Executor, *, from_id: int, at_most_event_id: int) -> list[Row]:
-    """Checkpoints with ``id >= from_id`` covering events up to ``at_most_event_id``, in id order."""
+async def checkpoints(db: Executor, *, from_id: int, at_most_event_id: int, known_id: int) -> list[Row]:
+    """Checkpoints with ``id >= from_id`` in id order: every one up to ``known_id`` (the newest seen
+    before the head was read) and any newer one covering events up to ``at_most_event_id``."""
     return await db.fetch(
-        "SELECT * FROM fundaments_audit_checkpoints WHERE id >= $1 AND event_id <= $2 ORDER BY id",
+        "SELECT * FROM fundaments_audit_checkpoints "
+        "WHERE id >= $1 AND (event_id <= $2 OR id <= $3) ORDER BY id",
         from_id,
         at_most_event_id,
+        known_id,
     )
 
 
