@@ -75,6 +75,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         Route("/admin/roles", console.roles_page, methods=["GET"]),
         Route("/admin/roles", console.roles_create, methods=["POST"]),
         Route("/admin/audit", console.audit_page),
+        Route("/admin/audit/verify", console.audit_verify_all, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [

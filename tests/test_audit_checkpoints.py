@@ -386,3 +386,49 @@ async def test_checkpoints_under_a_retired_master_key_verify_after_rotation(make
     async with await initialize_fundaments(dropped, clock=clock, configure_logs=False) as later:
         result = await later["security"].verify_audit_chain(full=True)
         assert not result and "MASTER_ENCRYPTION_KEY_PREVIOUS" in (result.reason or "")
+
+
+# --- the console -----------------------------------------------------------------------------------
+
+from test_web_console import Browser, console, signed_in_admin  # noqa: E402,F401 - the console fixture
+
+
+async def test_console_shows_the_incremental_result_and_verifies_everything_on_post(
+    console,  # noqa: F811 - the fixture imported above
+    fundaments,
+) -> None:
+    app, password = console
+    admin = await signed_in_admin(app, password)
+    page = await admin.get("/admin/audit")
+    assert "Audit chain intact" in page.text and "not run since this server started" in page.text
+    assert fundaments.security.last_audit_verification is not None
+    assert not fundaments.security.last_audit_verification.full
+    page = await admin.post("/admin/audit/verify")
+    assert page.url.path == "/admin/audit" and "Full verification: intact" in page.text
+    full = fundaments.security.last_full_audit_verification
+    assert full and full.full and full.events_hashed == full.events_checked
+    await admin.close()
+
+
+async def test_verify_everything_needs_its_permission_and_the_csrf_token(
+    console,  # noqa: F811 - the fixture imported above
+    fundaments,
+) -> None:
+    """Mutation checked: with audit_verify_all asking for AUDIT_PERMISSION only, the auditor's POST runs."""
+    app, password = console
+    admin = await signed_in_admin(app, password)
+    security = fundaments.security
+    await security.create_role("auditor", permissions=["console:audit"])
+    await security.register_user("auditor", "a reviewer's long passphrase", roles=["auditor"])
+    await admin.close()
+    auditor = Browser(app, ip="203.0.113.9")
+    await auditor.get("/login")
+    await auditor.post("/login", username="auditor", password="a reviewer's long passphrase")
+    page = await auditor.get("/admin/audit")
+    assert page.status_code == 200 and 'id="verify-all"' not in page.text
+    refused = await auditor.post("/admin/audit/verify")
+    assert refused.status_code == 403
+    assert security.last_full_audit_verification is None
+    forged = await auditor.http.post("/admin/audit/verify", headers={"origin": "https://console.test"})
+    assert forged.status_code == 403 and security.last_full_audit_verification is None
+    await auditor.close()

@@ -206,6 +206,8 @@ class AuditTrail:
         self._mark: _Mark | None = None
         self._failure: ChainVerification | None = None  # stands until a full verification passes
         self._last: ChainVerification | None = None
+        self._last_full: ChainVerification | None = None
+        self._full_running: asyncio.Future[ChainVerification] | None = None
         self._verify_lock = asyncio.Lock()
         self._bursts: dict[str, _Burst] = {}
         self._keyed_bursts: dict[tuple[str, str], _Burst] = {}
@@ -498,11 +500,35 @@ class AuditTrail:
         ``progress(events done, events in all)`` as it goes. A break, once found, is reported by every
         incremental verification until a full one passes. Verifications run one at a time.
         """
+        if not full:
+            return await self._verify_locked(False, progress)
+        # Full runs cost seconds at a million events: callers arriving during one share its result.
+        if self._full_running is None:
+            task = asyncio.ensure_future(self._verify_locked(True, progress))
+            self._full_running = task
+            task.add_done_callback(self._full_finished)
+        return await asyncio.shield(self._full_running)
+
+    def _full_finished(self, task: asyncio.Future[ChainVerification]) -> None:
+        self._full_running = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("audit verification failed to run: %s", task.exception())
+
+    @property
+    def last_full_verification(self) -> ChainVerification | None:
+        """The newest full verification result of this process (None before the first)."""
+        return self._last_full
+
+    async def _verify_locked(
+        self, full: bool, progress: Callable[[int, int], object] | None
+    ) -> ChainVerification:
         async with self._verify_lock:
             if not full and self._failure is not None:
                 return self._failure
             result = await self._verify(full, progress)
             self._last = result
+            if full:
+                self._last_full = result
             if full or not result:
                 self._failure = None if result else result
             return result

@@ -48,3 +48,8 @@ class AuditPart(SecurityCore):
         """The newest ``verify_audit_chain`` result of this process, with its ``verified_at`` time;
         None before the first. Costs nothing: shows the state without recomputing it."""
         return self._require_audit().last_verification
+
+    @property
+    def last_full_audit_verification(self) -> ChainVerification | None:
+        """The newest ``verify_audit_chain(full=True)`` result of this process; None before the first."""
+        return self._require_audit().last_full_verification
