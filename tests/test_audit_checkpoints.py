@@ -432,3 +432,29 @@ async def test_verify_everything_needs_its_permission_and_the_csrf_token(
     forged = await auditor.http.post("/admin/audit/verify", headers={"origin": "https://console.test"})
     assert forged.status_code == 403 and security.last_full_audit_verification is None
     await auditor.close()
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+from test_cli_admin import cli, with_security  # noqa: E402,F401 - the cli fixture
+
+
+def test_cli_verify_full_checks_what_the_incremental_run_skips(
+    cli,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+) -> None:
+    """An edit before the newest checkpoint: the cheap run (from the checkpoint) cannot see it, --full does."""
+    monkeypatch.setenv("AUDIT_CHECKPOINT_EVERY", str(EVERY))
+
+    async def fill_and_tamper(security: Any) -> None:
+        for n in range(2 * EVERY):
+            await security._audit.record("test.event", details={"n": n})
+        db = security._db  # the test plays the attacker with database access
+        first = await db.fetchval("SELECT min(id) FROM fundaments_audit_events")
+        await db.execute("UPDATE fundaments_audit_events SET outcome = 'forged' WHERE id = $1", first)
+
+    with_security(fill_and_tamper)
+    cheap = cli("audit", "verify")
+    assert cheap.exit_code == 0 and "audit chain intact" in cheap.stdout
+    full = cli("audit", "verify", "--full")
+    assert full.exit_code == 1 and "event content does not match its hash" in full.stdout
