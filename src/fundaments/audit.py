@@ -393,7 +393,8 @@ class AuditTrail:
 
     async def _append(self, tx: Executor, batch: list[dict[str, Any]]) -> list[int]:
         await queries.lock_chain(tx, self._db.dialect)
-        _head, prev = await queries.chain_head(tx)
+        state = await queries.append_state(tx)
+        prev = queries.GENESIS_HASH if state["head_hash"] is None else str(state["head_hash"])
         rows = []
         for fields in batch:
             digest = chain_hash(prev, canonical(fields))
@@ -404,21 +405,20 @@ class AuditTrail:
             # json.dumps escapes control characters, so a crafted username cannot forge a log line.
             audit_log.info(canonical({"id": event_id, **fields, "details": json.loads(fields["details"])}))
         if ids:
-            await self._checkpoint_if_due(tx, ids[-1], prev)
+            await self._checkpoint_if_due(tx, ids[-1], prev, state)
         return ids
 
-    async def _checkpoint_if_due(self, tx: Executor, head_id: int, head_hash: str) -> None:
+    async def _checkpoint_if_due(self, tx: Executor, head_id: int, head_hash: str, newest: Row) -> None:
         """Under the chain lock, in the appending transaction: a checkpoint at the head once
         ``checkpoint_every`` events follow the newest one. In the same transaction, so a checkpoint
         never covers events that rolled back, and a reader that sees an event also sees its checkpoint."""
-        newest = await queries.newest_checkpoint(tx)
-        base_id = 0 if newest is None else int(newest["event_id"])
+        base_id = 0 if newest["event_id"] is None else int(newest["event_id"])
         if head_id - base_id < self._every:  # ids only grow: never more events than that since
             return
         since = await queries.count_events_after(tx, base_id)
         if since < self._every:
             return
-        events = since + (0 if newest is None else int(newest["events"]))
+        events = since + (0 if newest["events"] is None else int(newest["events"]))
         created_at = self._clock.now()
         key_id = mac = None
         if self._current_key is not None:
@@ -426,7 +426,7 @@ class AuditTrail:
             mac = checkpoint_mac(
                 key,
                 key_id=key_id,
-                prev_mac=None if newest is None else newest["mac"],
+                prev_mac=newest["mac"],
                 event_id=head_id,
                 event_hash=head_hash,
                 events=events,
@@ -452,9 +452,9 @@ class AuditTrail:
             return
         async with self._db.transaction() as tx:
             await queries.lock_chain(tx, self._db.dialect)
-            head_id, head_hash = await queries.chain_head(tx)
-            if head_id:
-                await self._checkpoint_if_due(tx, head_id, head_hash)
+            state = await queries.append_state(tx)
+            if state["head_id"] is not None:
+                await self._checkpoint_if_due(tx, int(state["head_id"]), str(state["head_hash"]), state)
 
     async def events(
         self,

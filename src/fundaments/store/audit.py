@@ -83,6 +83,20 @@ async def chain_head(tx: Executor) -> tuple[int, str]:
     return (0, GENESIS_HASH) if row is None else (int(row["id"]), str(row["hash"]))
 
 
+async def append_state(tx: Executor) -> Row:
+    """In one statement (one writer-thread hop on SQLite): the newest event's id and hash, and the
+    newest checkpoint's event id, count and MAC (NULL when there is none)."""
+    row = await tx.fetchrow(
+        "SELECT (SELECT id FROM fundaments_audit_events ORDER BY id DESC LIMIT 1) AS head_id, "
+        "(SELECT hash FROM fundaments_audit_events ORDER BY id DESC LIMIT 1) AS head_hash, "
+        "(SELECT event_id FROM fundaments_audit_checkpoints ORDER BY id DESC LIMIT 1) AS event_id, "
+        "(SELECT events FROM fundaments_audit_checkpoints ORDER BY id DESC LIMIT 1) AS events, "
+        "(SELECT mac FROM fundaments_audit_checkpoints ORDER BY id DESC LIMIT 1) AS mac"
+    )
+    assert row is not None  # a SELECT without FROM always yields one row
+    return row
+
+
 async def newest_checkpoint(db: Executor, *, at_most_event_id: int | None = None) -> Row | None:
     return await db.fetchrow(
         "SELECT * FROM fundaments_audit_checkpoints "
