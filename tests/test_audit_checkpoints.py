@@ -206,6 +206,15 @@ async def test_a_break_stays_reported_until_a_full_verification_passes(started) 
     assert started["security"].last_audit_verification is broken
 
 
+async def test_concurrent_full_verifications_share_one_run(started) -> None:
+    """A flood of "verify everything" clicks costs one full run, not one each.
+    Mutation checked: without the shared future in verify_chain the results are distinct objects."""
+    audit: AuditTrail = started["audit"]
+    await grow_to(audit, started["db"], EVERY + 1)
+    results = await asyncio.gather(*(audit.verify_chain(full=True) for _ in range(5)))
+    assert all(result is results[0] for result in results) and results[0].full
+
+
 # --- the attacks (issue 14, section 2) -------------------------------------------------------------
 
 
