@@ -124,6 +124,7 @@ def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
         Route("/admin/roles", console.roles_page, methods=["GET"]),
         Route("/admin/roles", console.roles_create, methods=["POST"]),
         Route("/admin/audit", console.audit_page),
+        Route("/admin/audit/verify", console.audit_verify_all, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from fundaments import store
 from fundaments.access_control import AccessControl
-from fundaments.audit import AuditTrail
+from fundaments.audit import CHECKPOINT_PURPOSE, AuditTrail
 from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, configure_logging, degraded_services, load_settings
 from fundaments.encryption import EncryptionService
@@ -168,8 +168,15 @@ async def initialize_fundaments(
     db = await open_database(settings.database, settings)
     log.info("database ready: %s", db.description)
     try:
-        audit = AuditTrail(db, clock)
         encryption = await _build_encryption(settings)
+        # Checkpoint MACs use a key derived from the master key: a database dump cannot forge them.
+        audit = AuditTrail(
+            db,
+            clock,
+            checkpoint_keys=encryption.purpose_keys(CHECKPOINT_PURPOSE) if encryption else (),
+            checkpoint_every=settings.audit_checkpoint_every,
+        )
+        await audit.start()
         passwords = PasswordService.from_settings(settings)
         user_handler = UserHandler(db, settings, clock, audit, passwords)
         sessions = SessionManager(db, settings, clock, audit)

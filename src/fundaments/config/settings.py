@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     mail_max_attempts: int = Field(default=10, ge=1, le=100)  # then the mail is given up (audited)
     mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=3600)  # first retry; doubles, max 1 h
 
+    # --- audit trail ----------------------------------------------------------------------------
+    audit_checkpoint_every: int = Field(default=1_000, ge=10, le=1_000_000)  # events per MAC'ed checkpoint
+
     @classmethod
     def settings_customise_sources(
         cls,

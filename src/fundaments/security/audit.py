@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fundaments.audit import ChainVerification
 from fundaments.errors import InvalidArgument
 from fundaments.models import AuditEvent
@@ -26,6 +28,28 @@ class AuditPart(SecurityCore):
             raise InvalidArgument(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
         return await self._require_audit().events(user_id=user_id, kind=kind, since=since, limit=limit)
 
-    async def verify_audit_chain(self) -> ChainVerification:
-        """Truthy when every audit event still matches the hash chain; else names the first broken one."""
-        return await self._require_audit().verify_chain()
+    async def verify_audit_chain(
+        self, *, full: bool = False, progress: Callable[[int, int], object] | None = None
+    ) -> ChainVerification:
+        """Truthy when the audit trail still matches its hash chain and checkpoints; else names the
+        first event (or checkpoint) that does not fit.
+
+        Incremental by default: from the newest verified point (this process's high-water mark, or
+        the newest checkpoint whose MAC verifies) to the head, so it costs the events since then.
+        ``full=True`` re-verifies every event and every checkpoint MAC, calling
+        ``progress(done, total)``. A break stays reported until a full verification passes.
+        """
+        if not isinstance(full, bool):
+            raise InvalidArgument("full must be True or False")
+        return await self._require_audit().verify_chain(full=full, progress=progress)
+
+    @property
+    def last_audit_verification(self) -> ChainVerification | None:
+        """The newest ``verify_audit_chain`` result of this process, with its ``verified_at`` time;
+        None before the first. Costs nothing: shows the state without recomputing it."""
+        return self._require_audit().last_verification
+
+    @property
+    def last_full_audit_verification(self) -> ChainVerification | None:
+        """The newest ``verify_audit_chain(full=True)`` result of this process; None before the first."""
+        return self._require_audit().last_full_verification

@@ -1,4 +1,4 @@
-"""Audit-trail queries: append one chained event, read events back."""
+"""Audit-trail queries: append chained events and their checkpoints, read both back."""
 
 from __future__ import annotations
 
@@ -72,3 +72,104 @@ async def events(
 
 async def all_events_in_order(db: Executor) -> list[Row]:
     return await db.fetch("SELECT * FROM fundaments_audit_events ORDER BY id")
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+async def chain_head(tx: Executor) -> tuple[int, str]:
+    """(id, hash) of the newest event; (0, GENESIS_HASH) for an empty trail."""
+    row = await tx.fetchrow("SELECT id, hash FROM fundaments_audit_events ORDER BY id DESC LIMIT 1")
+    return (0, GENESIS_HASH) if row is None else (int(row["id"]), str(row["hash"]))
+
+
+async def append_state(tx: Executor) -> Row:
+    """In one statement (one writer-thread hop on SQLite): the newest event's id and hash, and the
+    newest checkpoint's event id, count and MAC (NULL when there is none)."""
+    row = await tx.fetchrow(
+        "SELECT (SELECT id FROM fundaments_audit_events ORDER BY id DESC LIMIT 1) AS head_id, "
+        "(SELECT hash FROM fundaments_audit_events ORDER BY id DESC LIMIT 1) AS head_hash, "
+        "(SELECT event_id FROM fundaments_audit_checkpoints ORDER BY id DESC LIMIT 1) AS event_id, "
+        "(SELECT events FROM fundaments_audit_checkpoints ORDER BY id DESC LIMIT 1) AS events, "
+        "(SELECT mac FROM fundaments_audit_checkpoints ORDER BY id DESC LIMIT 1) AS mac"
+    )
+    assert row is not None  # a SELECT without FROM always yields one row
+    return row
+
+
+async def newest_checkpoint(db: Executor, *, at_most_event_id: int | None = None) -> Row | None:
+    return await db.fetchrow(
+        "SELECT * FROM fundaments_audit_checkpoints "
+        "WHERE ($1::bigint IS NULL OR event_id <= $1) ORDER BY id DESC LIMIT 1",
+        at_most_event_id,
+    )
+
+
+async def checkpoint_before(db: Executor, checkpoint_id: int) -> Row | None:
+    return await db.fetchrow(
+        "SELECT * FROM fundaments_audit_checkpoints WHERE id < $1 ORDER BY id DESC LIMIT 1",
+        checkpoint_id,
+    )
+
+
+async def checkpoints(db: Executor, *, from_id: int, at_most_event_id: int, known_id: int) -> list[Row]:
+    """Checkpoints with ``id >= from_id`` in id order: every one up to ``known_id`` (the newest seen
+    before the head was read) and any newer one covering events up to ``at_most_event_id``."""
+    return await db.fetch(
+        "SELECT * FROM fundaments_audit_checkpoints "
+        "WHERE id >= $1 AND (event_id <= $2 OR id <= $3) ORDER BY id",
+        from_id,
+        at_most_event_id,
+        known_id,
+    )
+
+
+async def count_events_after(tx: Executor, event_id: int) -> int:
+    return int(await tx.fetchval("SELECT count(*) FROM fundaments_audit_events WHERE id > $1", event_id))
+
+
+async def count_events_between(db: Executor, after_id: int, at_most_id: int) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM fundaments_audit_events WHERE id > $1 AND id <= $2", after_id, at_most_id
+        )
+    )
+
+
+async def insert_checkpoint(
+    tx: Executor,
+    event_id: int,
+    event_hash: str,
+    events: int,
+    created_at: float,
+    key_id: str | None,
+    mac: str | None,
+) -> int:
+    return int(
+        await tx.fetchval(
+            "INSERT INTO fundaments_audit_checkpoints "
+            "(event_id, event_hash, events, created_at, key_id, mac) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            event_id,
+            event_hash,
+            events,
+            created_at,
+            key_id,
+            mac,
+        )
+    )
+
+
+async def event_hash(db: Executor, event_id: int) -> str | None:
+    value = await db.fetchval("SELECT hash FROM fundaments_audit_events WHERE id = $1", event_id)
+    return None if value is None else str(value)
+
+
+async def events_after(db: Executor, after_id: int, at_most_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` events with ``after_id < id <= at_most_id``, in id order (keyset pages)."""
+    return await db.fetch(
+        "SELECT * FROM fundaments_audit_events WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+        after_id,
+        at_most_id,
+        limit,
+    )
