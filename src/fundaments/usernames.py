@@ -103,6 +103,8 @@ def lookalike_key(name: str) -> str:
     MAX_KEY_LENGTH characters (the skeleton can be longer than the name: ``m`` → ``rn``).
     """
     skeleton = unicodedata.normalize("NFD", _checker().getSkeleton(0, name))
+    if skeleton.isascii():  # no marks to drop: most names, and 10x cheaper than the loop below
+        return _bounded(skeleton)
     kept: list[str] = []
     strip = False  # whether marks on the current base character are dropped
     for ch in skeleton:
@@ -112,7 +114,10 @@ def lookalike_key(name: str) -> str:
             continue
         strip = icu.Script.getScript(ch).getShortName() in _ACCENTED_SCRIPTS
         kept.append(ch)
-    key = "".join(kept)
+    return _bounded("".join(kept))
+
+
+def _bounded(key: str) -> str:
     if len(key) <= MAX_KEY_LENGTH:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:_KEY_DIGEST_CHARS]
