@@ -158,6 +158,7 @@ usernames = st.one_of(
     st.text(max_size=40),
     st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=20),  # surrogates too
     st.sampled_from(["alice", "ALICE", "Alice ", "ａｌｉｃｅ", "al\x00ice", "a" * 255, "\ud800bob", " "]),
+    st.sampled_from(["аlice", "alıce", "álice", "ｍ" * 254, "bo\u0301\u0301b"]),  # look-alikes (TR 39)
 )
 passwords = st.one_of(
     st.text(max_size=40),

@@ -45,6 +45,7 @@ from fundaments.models import LoginFailure, RequestContext, User
 from fundaments.passwords import HashingBusyError, PasswordService
 from fundaments.store import Database, Executor, Row
 from fundaments.store import users as queries
+from fundaments.usernames import lookalike_key, require_single_script
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
 IP_PRUNE_EVERY = 1_024  # IP claims between deletions of expired IP windows
 VERIFICATION_SAMPLES = 64  # recent verified attempts' durations: how long a locked refusal takes
 MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
+LOOKALIKE_BACKFILL_BATCH = 500  # accounts per transaction when start() gives old rows their key
+LOOKALIKE_BACKFILL_TRIES = 3  # another instance backfilling the same rows at once: try the batch again
 
 
 def normalize_username(username: str) -> str:
@@ -189,10 +192,52 @@ class UserHandler:
         return self._passwords
 
     async def start(self) -> None:
-        """Delete IP-throttle windows that have run out; make the dummy hash for unknown users."""
+        """Delete IP-throttle windows that have run out; give accounts from before revision 0002
+        their look-alike key; make the dummy hash for unknown users."""
         async with self._db.transaction() as tx:
             await queries.prune_ip_throttle(tx, self._clock.now() - self._settings.throttle_ip_window)
+        await self.backfill_lookalike_keys()
         await asyncio.to_thread(self._passwords.dummy_hash)
+
+    async def backfill_lookalike_keys(self) -> int:
+        """Give every account without one its look-alike key; the number of keys written.
+
+        Idempotent and cheap once done (an indexed ``IS NULL`` read). Two existing accounts whose
+        names look alike both stay: the one holding the key keeps it (in id order, the older), the
+        other keeps NULL — a warning names both ids — until an administrator renames or deletes one.
+        """
+        written, after = 0, 0
+        while rows := await queries.users_without_lookalike_key(self._db, after, LOOKALIKE_BACKFILL_BATCH):
+            for attempt in range(LOOKALIKE_BACKFILL_TRIES):
+                try:
+                    filled, collisions = await self._backfill_batch(rows)
+                except ConstraintViolation:  # another instance wrote one of these keys meanwhile
+                    if attempt == LOOKALIKE_BACKFILL_TRIES - 1:
+                        raise
+                    continue
+                break
+            written += filled
+            for user_id, holder in collisions:
+                log.warning(
+                    "accounts %d and %d have look-alike usernames (Unicode TR 39); account %d keeps "
+                    "no look-alike key: rename or delete one of them",
+                    holder,
+                    user_id,
+                    user_id,
+                )
+            after = int(rows[-1]["id"])
+        return written
+
+    async def _backfill_batch(self, rows: builtins.list[Row]) -> tuple[int, builtins.list[tuple[int, int]]]:
+        filled, collisions = 0, []
+        async with self._db.transaction() as tx:
+            for row in rows:
+                key = lookalike_key(row["username"])
+                if await queries.set_lookalike_key(tx, int(row["id"]), key):
+                    filled += 1
+                elif (holder := await queries.lookalike_key_holder(tx, key)) not in (None, int(row["id"])):
+                    collisions.append((int(row["id"]), int(holder)))
+        return filled, collisions
 
     async def close(self) -> None:
         """Stop the hashing threads."""
@@ -200,6 +245,30 @@ class UserHandler:
 
     # --- registration and passwords -------------------------------------------------------------
     normalize_username = staticmethod(normalize_username)
+
+    async def check_new_username(self, username: str) -> str:
+        """The normalized name of a new account, once the look-alike rules accept it.
+
+        Cheap (no hash): call it before :meth:`prepare_password`, so a refused name costs no
+        hashing. Raises InvalidUsernameError (unusable, or mixing scripts: see
+        fundaments.usernames) or UserExistsError when the name, or one that looks like it, is
+        taken. :meth:`create` checks again, atomically.
+        """
+        name = normalize_username(username)
+        require_single_script(name)
+        holder = await queries.name_holder(self._db, name, lookalike_key(name))
+        if holder is not None:
+            raise self._exists(name, holder)
+        return name
+
+    @staticmethod
+    def _exists(name: str, holder: Row) -> UserExistsError:
+        if holder["username"] == name:
+            return UserExistsError(f"an account named {name!r} already exists")
+        return UserExistsError(
+            f"an account whose name looks like {name!r} already exists: names that look alike "
+            "(Unicode TR 39 confusables, accents ignored) cannot both be used; choose another username"
+        )
 
     async def prepare_password(self, password: str, *, username: str) -> str:
         """The current scheme's hash of a new password, after the policy accepted it.
@@ -231,17 +300,23 @@ class UserHandler:
         must_change_password: bool = False,
         actor_user_id: int | None = None,
     ) -> User:
-        """Insert an account in ``tx``; UserExistsError when its normalized username is taken."""
+        """Insert an account in ``tx``; UserExistsError when its normalized username, or one that
+        looks like it (:func:`fundaments.usernames.lookalike_key`), is taken; InvalidUsernameError
+        when it mixes scripts."""
         name = normalize_username(username)
+        require_single_script(name)
         hasher = self._passwords.identify(password_hash)
         if hasher is None:
             raise InvalidPasswordHashError(
                 "password_hash is not a supported hash (prepare_password makes one)"
             )
-        try:
-            row = await queries.insert_user(tx, name, password_hash, must_change_password, self._clock.now())
-        except ConstraintViolation:
-            raise UserExistsError(f"an account named {name!r} already exists") from None
+        key = lookalike_key(name)
+        row = await queries.insert_user(tx, name, key, password_hash, must_change_password, self._clock.now())
+        if row is None:
+            holder = await queries.name_holder(tx, name, key)
+            if holder is None:  # the conflicting account was deleted in between: still taken now
+                raise UserExistsError(f"an account named {name!r} already exists")
+            raise self._exists(name, holder)
         user = _user(row)
         await self._audit.record(
             "user.registered",

@@ -43,7 +43,9 @@ class AccountsPart(SecurityCore):
         or ``password_hash`` (an existing PyFundaments/passlib, Django or Argon2 hash, imported as
         is and upgraded at the first login). Raises PasswordPolicyError, InvalidUsernameError,
         InvalidPasswordHashError, UserExistsError (also for a username that only differs in case
-        or Unicode form) or RoleError; nothing is written then.
+        or Unicode form, or looks like a taken one: ``аdmin`` with a Cyrillic а beside ``admin``)
+        or RoleError; nothing is written then. InvalidUsernameError also refuses a name mixing
+        scripts (docs/accounts.md, "Look-alike usernames").
         """
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
         if (password is None) == (password_hash is None):
@@ -52,6 +54,7 @@ class AccountsPart(SecurityCore):
         await self._access.require_delegation(
             actor_user_id, "create an account with these roles", roles=role_names
         )
+        await self._users.check_new_username(username)  # before hashing: a refused name costs no hash
         if password is not None:
             encoded = await self._users.prepare_password(password, username=username)
         else:

@@ -13,20 +13,66 @@ from fundaments.store.base import Executor, Row
 
 
 async def insert_user(
-    tx: Executor, username: str, password_hash: str, must_change_password: bool, now: float
-) -> Row:
-    row = await tx.fetchrow(
-        "INSERT INTO fundaments_users (username, password_hash, is_disabled, must_change_password, "
-        "failed_attempts, lock_count, privilege_epoch, created_at, updated_at, password_changed_at) "
-        "VALUES ($1, $2, FALSE, $3, 0, 0, 0, $4, $4, $4) "
+    tx: Executor,
+    username: str,
+    lookalike_key: str,
+    password_hash: str,
+    must_change_password: bool,
+    now: float,
+) -> Row | None:
+    """The new account's row, or None when its username or look-alike key is taken.
+
+    ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL alike) rather than a failing statement:
+    a PostgreSQL transaction survives it, and the caller says which name is taken.
+    """
+    return await tx.fetchrow(
+        "INSERT INTO fundaments_users (username, username_skeleton, password_hash, is_disabled, "
+        "must_change_password, failed_attempts, lock_count, privilege_epoch, created_at, updated_at, "
+        "password_changed_at) "
+        "VALUES ($1, $2, $3, FALSE, $4, 0, 0, 0, $5, $5, $5) ON CONFLICT DO NOTHING "
         "RETURNING id, username, is_disabled, must_change_password, created_at",
         username,
+        lookalike_key,
         password_hash,
         must_change_password,
         now,
     )
-    assert row is not None
-    return row
+
+
+async def name_holder(db: Executor, username: str, lookalike_key: str) -> Row | None:
+    """The account holding ``username`` or, failing that, ``lookalike_key``: (id, username)."""
+    return await db.fetchrow(
+        "SELECT id, username FROM fundaments_users WHERE username = $1 OR username_skeleton = $2 "
+        "ORDER BY CASE WHEN username = $1 THEN 0 ELSE 1 END LIMIT 1",
+        username,
+        lookalike_key,
+    )
+
+
+async def users_without_lookalike_key(db: Executor, after_id: int, limit: int) -> list[Row]:
+    """Accounts created before revision 0002 (no look-alike key yet), by id from ``after_id``."""
+    return await db.fetch(
+        "SELECT id, username FROM fundaments_users WHERE username_skeleton IS NULL AND id > $1 "
+        "ORDER BY id LIMIT $2",
+        after_id,
+        limit,
+    )
+
+
+async def set_lookalike_key(tx: Executor, user_id: int, lookalike_key: str) -> bool:
+    """Give an account its look-alike key unless another account holds it already."""
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET username_skeleton = $2 WHERE id = $1 AND username_skeleton IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM fundaments_users o WHERE o.username_skeleton = $2)",
+        user_id,
+        lookalike_key,
+    )
+    return changed > 0
+
+
+async def lookalike_key_holder(db: Executor, lookalike_key: str) -> int | None:
+    value = await db.fetchval("SELECT id FROM fundaments_users WHERE username_skeleton = $1", lookalike_key)
+    return None if value is None else int(value)
 
 
 async def user_by_id(db: Executor, user_id: int) -> Row | None:
