@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from tests.test_cli_admin import assert_one_line_error, cli  # noqa: F401 - cli is a fixture
-from tests.test_web_console import settings  # noqa: F401 - ALLOWED_HOSTS for the console's host
 
 from fundaments import Security, initialize_fundaments
 from fundaments.bootstrap import Fundaments
@@ -21,6 +19,8 @@ from fundaments.errors import (
     UnknownUserError,
 )
 from fundaments.models import LoginFailure, User
+from test_cli_admin import assert_one_line_error, cli  # noqa: F401 - cli is a fixture
+from test_web_console import settings  # noqa: F401 - ALLOWED_HOSTS for the console's host
 
 PASSWORD = "correct horse battery staple"
 TEMPORARY = "a temporary passphrase 4242"
@@ -155,7 +155,7 @@ def test_the_cli_refuses_to_remove_the_last_administrator_in_one_line(cli) -> No
 
 
 async def test_the_console_refuses_to_remove_the_last_administrator(fundaments: Fundaments, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_web_console import build_app, ensure_admin, signed_in_admin
+    from test_web_console import build_app, ensure_admin, signed_in_admin
 
     password = await ensure_admin(fundaments.security)
     assert password is not None

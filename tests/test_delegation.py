@@ -8,11 +8,11 @@ attack through the facade; the console's own test drives it through the web page
 from __future__ import annotations
 
 import pytest
-from tests.test_web_console import settings  # noqa: F401 - ALLOWED_HOSTS for the console's host
 
 from fundaments import Security
 from fundaments.errors import PermissionDenied
 from fundaments.models import User
+from test_web_console import settings  # noqa: F401 - ALLOWED_HOSTS for the console's host
 
 PASSWORD = "correct horse battery staple"
 
@@ -169,7 +169,7 @@ async def test_the_check_reads_the_actors_permissions_fresh(security: Security, 
 async def test_a_console_user_admin_cannot_make_itself_admin_or_disable_the_administrator(
     fundaments, tmp_path
 ) -> None:
-    from tests.test_web_console import Browser, build_app, ensure_admin
+    from test_web_console import Browser, build_app, ensure_admin
 
     security: Security = fundaments.security
     password = await ensure_admin(security)
