@@ -399,7 +399,7 @@ async def test_checkpoints_under_a_retired_master_key_verify_after_rotation(make
 
 # --- the console -----------------------------------------------------------------------------------
 
-from test_web_console import Browser, console, signed_in_admin  # noqa: E402,F401 - the console fixture
+from test_web_console import Browser, console, settings, signed_in_admin  # noqa: E402,F401 - console, settings: fixtures
 
 
 async def test_console_shows_the_incremental_result_and_verifies_everything_on_post(

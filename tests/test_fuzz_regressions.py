@@ -46,7 +46,7 @@ async def http(fundaments: Fundaments) -> AsyncIterator[httpx.AsyncClient]:
 
     app = Starlette(
         routes=[Route("/action", ok, methods=["POST"])],
-        middleware=[Middleware(SecurityMiddleware, security=fundaments.security)],
+        middleware=[Middleware(SecurityMiddleware, security=fundaments.security, allowed_hosts=["app.test"])],
     )
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN, headers={"user-agent": "ua"}) as c:
@@ -150,7 +150,12 @@ async def test_an_overlong_forwarded_address_is_bounded_not_a_500(fundaments: Fu
     app = Starlette(
         routes=[Route("/me", me)],
         middleware=[
-            Middleware(SecurityMiddleware, security=fundaments.security, trusted_proxies=["10.0.0.0/8"])
+            Middleware(
+                SecurityMiddleware,
+                security=fundaments.security,
+                trusted_proxies=["10.0.0.0/8"],
+                allowed_hosts=["app.test"],
+            )
         ],
     )
     token = (await fundaments.security.register_user("alice", PASSWORD)) and (
@@ -159,13 +164,15 @@ async def test_an_overlong_forwarded_address_is_bounded_not_a_500(fundaments: Fu
     transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 50000))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN, headers={"user-agent": "ua"}) as c:
         forwarded = "0" * 6 + "\u00e9" * 60
-        response = await c.get(
+        response = await c.get("/me", headers={"x-forwarded-for": forwarded.encode("latin-1")})
+        bound = await c.get(  # the session is bound to another address: refused, bounded, not a 500
             "/me",
             headers={"x-forwarded-for": forwarded.encode("latin-1"), "authorization": f"Bearer {token}"},
         )
     assert response.status_code == 200
     assert response.text == forwarded[:45]
     assert set(response.headers) >= SECURITY_HEADERS
+    assert bound.status_code == 401 and set(bound.headers) >= SECURITY_HEADERS
 
 
 @pytest.mark.parametrize("description", ["\ud800", "nul\x00in it", "ok \udfff and \x00"])

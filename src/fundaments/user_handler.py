@@ -61,7 +61,7 @@ DEVICE_PRUNE_SLACK = 10  # prune once this many more have piled up: one DELETE p
 MAX_DEVICE_TOKEN_LENGTH = 256
 IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
 IP_PRUNE_EVERY = 1_024  # IP claims between deletions of expired IP windows
-VERIFICATION_SAMPLES = 64  # recent verified attempts' durations: how long a locked refusal takes
+VERIFICATION_SAMPLES = 64  # recent verified wrong attempts' durations: how long a locked refusal takes
 MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
 LOOKALIKE_BACKFILL_BATCH = 500  # accounts per transaction when start() gives old rows their key
 LOOKALIKE_BACKFILL_TRIES = 3  # another instance backfilling the same rows at once: try the batch again
@@ -507,7 +507,9 @@ class UserHandler:
             # account from an unknown one (which costs a dummy verification): take as long as a
             # verified attempt takes, waiting outside the hashing pool (no CPU, no place).
             await asyncio.sleep(max(0.0, self._typical_attempt_seconds() - elapsed))
-        elif self.verification_count == verified + 1:  # one verified attempt, start to end
+        elif check.reason is LoginFailure.INVALID_CREDENTIALS and self.verification_count == verified + 1:
+            # One verified wrong attempt, start to end: what a locked refusal must look like (a
+            # success writes less and would make the refusal shorter than an unknown name's).
             self._attempt_seconds.append(elapsed)
         return check
 
@@ -552,9 +554,9 @@ class UserHandler:
                         await queries.prune_ip_throttle(tx, now - window)
                 if not throttled:
                     if user is None:
-                        # An unknown name fails whatever the password: audited with the claim, then
-                        # verified against the dummy hash so it costs what a known name costs.
-                        await self._audit_failure(tx, LoginFailure.INVALID_CREDENTIALS, audit_name, None, ctx)
+                        # An unknown name fails whatever the password, but it is verified against
+                        # the dummy hash and audited afterwards, as a known name's failure is, so
+                        # it costs the same time.
                         verification = asyncio.ensure_future(self._verify(password, None))
                     else:
                         claim = await self._claim_attempt(tx, user.id, device_hash, now)
@@ -572,6 +574,7 @@ class UserHandler:
         if user is None:
             assert verification is not None
             await verification
+            await self._record_failure(audit_name, None, ctx, None, device=False)
             return CredentialCheck(None, LoginFailure.INVALID_CREDENTIALS, audit_name)
         if claim is None or verification is None:
             # Refused before any hash; the IP's claim stays counted, so hammering a locked account
@@ -632,7 +635,7 @@ class UserHandler:
         return await pool.run(self._check_password, password, stored)
 
     def _typical_attempt_seconds(self) -> float:
-        """The median duration of the last verified login attempts (as their callers waited)."""
+        """The median duration of the last verified wrong attempts (as their callers waited)."""
         if not self._attempt_seconds:
             return 0.0
         return float(statistics.median(self._attempt_seconds))
