@@ -16,11 +16,6 @@ async def lock_chain(tx: Executor, dialect: str) -> None:
         await tx.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK_KEY)
 
 
-async def last_hash(tx: Executor) -> str:
-    value = await tx.fetchval("SELECT hash FROM fundaments_audit_events ORDER BY id DESC LIMIT 1")
-    return str(value) if value is not None else GENESIS_HASH
-
-
 _INSERT = (
     "INSERT INTO fundaments_audit_events (occurred_at, kind, outcome, actor_user_id, subject_user_id, "
     "username, ip_address, user_agent, session_id, details, prev_hash, hash) VALUES "
@@ -68,10 +63,6 @@ async def events(
         since,
         limit,
     )
-
-
-async def all_events_in_order(db: Executor) -> list[Row]:
-    return await db.fetch("SELECT * FROM fundaments_audit_events ORDER BY id")
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
