@@ -28,6 +28,7 @@ import statistics
 import time
 import unicodedata
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fundaments.audit import AuditTrail
@@ -63,6 +64,7 @@ IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
 IP_PRUNE_EVERY = 1_024  # IP claims between deletions of expired IP windows
 VERIFICATION_SAMPLES = 64  # recent verified wrong attempts' durations: how long a locked refusal takes
 MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
+USERNAMES_PER_QUERY = 500  # ids per IN (...) list: far below both drivers' parameter limits
 LOOKALIKE_BACKFILL_BATCH = 500  # accounts per transaction when start() gives old rows their key
 LOOKALIKE_BACKFILL_TRIES = 3  # another instance backfilling the same rows at once: try the batch again
 
@@ -472,6 +474,15 @@ class UserHandler:
             return None
         row = await queries.user_by_username(self._db, name)
         return None if row is None else _user(row)
+
+    async def usernames(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """The username of each existing account among ``user_ids``, in one query per 500 ids."""
+        wanted = sorted(set(user_ids))
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), USERNAMES_PER_QUERY):
+            rows = await queries.usernames(self._db, wanted[start : start + USERNAMES_PER_QUERY])
+            found.update((int(row["id"]), str(row["username"])) for row in rows)
+        return found
 
     async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[User]:
         limit = max(0, min(int(limit), 1000))

@@ -27,6 +27,11 @@ class AccountsPart(SecurityCore):
         """Accounts in id order, ``limit`` (at most 1,000) from ``offset``."""
         return await self._users.list(limit, offset)
 
+    async def usernames(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """The username of each existing account among ``user_ids`` (unknown ids are left out), in
+        one query per 500 ids: for showing names next to the ids of a page of audit events."""
+        return await self._users.usernames(user_id_argument(uid) for uid in user_ids)
+
     async def register_user(
         self,
         username: str,

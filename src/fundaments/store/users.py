@@ -91,6 +91,17 @@ async def user_by_username(db: Executor, username: str) -> Row | None:
     )
 
 
+async def usernames(db: Executor, user_ids: list[int]) -> list[Row]:
+    """(id, username) of the accounts among ``user_ids`` (at most a few hundred: one placeholder each)."""
+    if not user_ids:
+        return []
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(user_ids)))
+    return await db.fetch(
+        f"SELECT id, username FROM fundaments_users WHERE id IN ({placeholders})",  # noqa: S608 - placeholders only
+        *user_ids,
+    )
+
+
 async def list_users(db: Executor, limit: int, offset: int) -> list[Row]:
     return await db.fetch(
         "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
