@@ -199,7 +199,6 @@ async def bump_privilege_epochs_of_role(tx: Executor, role: int) -> int:
     )
 
 
-
 async def active_holders(db: Executor, role_id: int, limit: int) -> list[int]:
     """Ids of up to ``limit`` enabled accounts holding ``role_id`` directly."""
     rows = await db.fetch(
