@@ -162,6 +162,7 @@ class CredentialCheck:
     device_token: str | None = field(default=None, repr=False)
     devices: int = 0  # devices the account had: complete_login prunes only when at the limit
     ip_claim: str | None = None  # the IP-throttle key whose claim complete_login releases
+    locked_until: float | None = None  # set when this attempt locked the account (not a device)
 
     def __bool__(self) -> bool:
         return self.reason is None and self.user is not None
@@ -455,10 +456,11 @@ class UserHandler:
         *,
         actor_user_id: int | None = None,
         must_change: bool = False,
+        via: str | None = None,
     ) -> None:
         """Store a new hash; bumps the privilege epoch and sets must_change_password as given
-        (cleared by default: the owner chose it). Audited ``password.changed``, with ``set_by``
-        when another account set it."""
+        (cleared by default: the owner chose it). Audited ``password.changed``, with
+        ``set_by_administrator`` when another account set it and ``via`` (``"reset"``: a reset link)."""
         if self._passwords.identify(password_hash) is None:
             raise InvalidPasswordHashError(
                 "password_hash is not a supported hash (prepare_password makes one)"
@@ -466,12 +468,39 @@ class UserHandler:
         now = self._clock.now()
         if not await queries.set_password(tx, user_id, password_hash, now, must_change=must_change):
             raise UnknownUserError(f"no account has id {user_id}")
-        details = {"must_change": must_change}
+        details: dict[str, object] = {"must_change": must_change}
         if actor_user_id is not None and actor_user_id != user_id:
             details["set_by_administrator"] = True
+        if via is not None:
+            details["via"] = via
         await self._audit.record(
             "password.changed", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id, details=details
         )
+
+    async def set_email(
+        self, tx: Executor, user_id: int, address: EmailAddress | None, *, actor_user_id: int | None = None
+    ) -> None:
+        """Give the account ``address`` (unverified) or none, in ``tx``; audited ``email.changed``
+        (without the address: the audit trail keeps no contact data it does not need)."""
+        key = address.key if address else None
+        if not await queries.set_email(
+            tx, user_id, address.address if address else None, key, self._clock.now()
+        ):
+            raise UnknownUserError(f"no account has id {user_id}")
+        await self._audit.record(
+            "email.changed",
+            tx=tx,
+            actor_user_id=actor_user_id,
+            subject_user_id=user_id,
+            details={"removed": address is None},
+        )
+
+    async def mark_email_verified(self, tx: Executor, user_id: int, email_key: str) -> bool:
+        """Mark the account's address verified if it still is ``email_key``; audited ``email.verified``."""
+        if not await queries.mark_email_verified(tx, user_id, email_key, self._clock.now()):
+            return False
+        await self._audit.record("email.verified", tx=tx, actor_user_id=user_id, subject_user_id=user_id)
+        return True
 
     async def set_disabled(
         self, tx: Executor, user_id: int, disabled: bool, *, actor_user_id: int | None = None
@@ -684,8 +713,13 @@ class UserHandler:
 
         matched, upgraded = await verification
         if not matched:
-            await self._record_failure(audit_name, user.id, ctx, claim, device=device_hash is not None)
-            return CredentialCheck(user, LoginFailure.INVALID_CREDENTIALS, audit_name)
+            locked = await self._record_failure(
+                audit_name, user.id, ctx, claim, device=device_hash is not None
+            )
+            locked_until = float(claim["locked_until"]) if locked and device_hash is None else None
+            return CredentialCheck(
+                user, LoginFailure.INVALID_CREDENTIALS, audit_name, locked_until=locked_until
+            )
 
         ip_claim = ip_key if device_hash is None else None
         if user.is_disabled:
@@ -790,13 +824,14 @@ class UserHandler:
     # --- failure bookkeeping --------------------------------------------------------------------
     async def _record_failure(
         self, username: str, user_id: int | None, ctx: RequestContext, claim: Row | None, *, device: bool
-    ) -> None:
-        """A wrong password (counted by its claims already): audit it, with the lock it caused."""
+    ) -> bool:
+        """A wrong password (counted by its claims already): audit it, with the lock it caused
+        (whether it caused one)."""
         async with self._db.transaction() as tx:
             await self._audit_failure(
                 tx, LoginFailure.INVALID_CREDENTIALS, username, user_id, ctx, device=device
             )
-            await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
+            return await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
 
     async def _audit_lock(
         self,

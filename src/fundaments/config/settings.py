@@ -195,6 +195,8 @@ class Settings(BaseSettings):
     reset_requests_per_address: int = Field(default=3, ge=1, le=1000)  # per window, per address
     reset_requests_per_ip: int = Field(default=20, ge=1, le=100_000)  # per window, per client IP
     reset_request_window: int = Field(default=3600, ge=60, le=86_400)  # seconds
+    # every reset request answers after this long, whatever the address (no enumeration by timing)
+    reset_request_seconds: float = Field(default=0.25, ge=0.0, le=10.0)
     notify_new_device_login: bool = False  # mail the owner when a login comes from a new device
 
     # --- access control -------------------------------------------------------------------------

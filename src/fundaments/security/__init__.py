@@ -27,6 +27,7 @@ from fundaments.security.administration import AdministrationPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
+from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
 from fundaments.store.reencrypt import ReencryptReport
 
@@ -51,7 +52,14 @@ __all__ = [
 
 
 class Security(
-    AccountsPart, AdministrationPart, SessionsPart, AccessPart, EncryptionPart, AuditPart, KeyRotationPart
+    AccountsPart,
+    AdministrationPart,
+    RecoveryPart,
+    SessionsPart,
+    AccessPart,
+    EncryptionPart,
+    AuditPart,
+    KeyRotationPart,
 ):
     """One object for every security action. Build it with ``initialize_fundaments()``.
 

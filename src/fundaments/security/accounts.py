@@ -8,6 +8,7 @@ from typing import Any
 
 from fundaments.errors import AuthenticationError, InvalidArgument, PasswordPolicyError, UnknownUserError
 from fundaments.models import LoginResult, RequestContext, Session, User
+from fundaments.security import notices
 from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
 
 
@@ -104,11 +105,30 @@ class AccountsPart(SecurityCore):
         ctx = RequestContext.coerce(request_data)
         check = await self._users.authenticate(username, password, ctx)  # throttle, lock, verify
         if not check:
+            if check.locked_until is not None and check.user is not None and check.user.email:
+                async with self._transaction() as tx:  # the owner learns of the lock (ASVS 6.3.7)
+                    notice = notices.account_locked(
+                        self._require_settings(),
+                        check.user.username,
+                        check.locked_until,
+                        self._now(),
+                        ctx.ip_address,
+                    )
+                    await self._notify(tx, check.user.email, notice)
             return LoginResult(reason=check.reason)
         assert check.user is not None
         async with self._transaction() as tx:  # everything a success changes, or nothing
             device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
             session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
+            settings = self._require_settings()
+            if (
+                settings.notify_new_device_login
+                and check.device_hash is None
+                and check.devices
+                and check.user.email
+            ):
+                notice = notices.new_device_login(settings, check.user.username, self._now(), ctx.ip_address)
+                await self._notify(tx, check.user.email, notice)
             await self._require_audit().record(
                 "login.succeeded",
                 tx=tx,
@@ -174,5 +194,6 @@ class AccountsPart(SecurityCore):
                 user_id, tx=tx, except_session_id=current.id if current else None, reason="password_changed"
             )
             rotated = await self._sessions.rotate(tx, current.id) if current else None
+            await self._notify_password_changed(tx, user_id, ctx, by_administrator=False)
         self._sessions.invalidate_cache()
         return rotated

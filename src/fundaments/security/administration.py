@@ -94,4 +94,7 @@ class AdministrationPart(SecurityCore):
             )
             await self._users.clear_lock(tx, user_id)
             await self._sessions.revoke_all(user_id, tx=tx, reason="password_set")
+            await self._notify_password_changed(
+                tx, user_id, None, by_administrator=actor_user_id is not None and actor_user_id != user_id
+            )
         self._sessions.invalidate_cache()
