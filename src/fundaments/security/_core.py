@@ -16,6 +16,7 @@ from fundaments.audit import AuditTrail
 from fundaments.config import Settings
 from fundaments.encryption import EncryptionService
 from fundaments.errors import InvalidArgument, ServiceUnavailable
+from fundaments.mail import Mailer
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Transaction
 from fundaments.user_handler import UserHandler
@@ -62,6 +63,7 @@ class SecurityCore:
         self._audit: AuditTrail | None = services.get("audit")
         self._db: Database | None = services.get("db")
         self._settings: Settings | None = services.get("config")
+        self._mail: Mailer | None = services.get("mail")
 
     @property
     def encryption_available(self) -> bool:
