@@ -126,7 +126,9 @@ def roles_edit(
                 if new_permissions is None:
                     raise
                 raise CommandError(f"permissions replaced, inheritance unchanged: {exc}") from None
-        role = next(r for r in await security.list_roles() if r.name == name)
+        role = next((r for r in await security.list_roles() if r.name == name), None)
+        if role is None:  # deleted by someone else meanwhile
+            raise CommandError(f"role {name!r} was deleted while it was being edited")
         out.print(
             f"role {escape(role.name)}: permissions {escape(', '.join(role.permissions)) or '(none)'}; "
             f"inherits {escape(', '.join(role.inherits)) or '(nothing)'}"
