@@ -540,6 +540,12 @@ class AccessControl:
             raise UnknownUserError(f"no user has the id {uid}")
         return names
 
+    async def role_holders(self, name: Any) -> tuple[int, int]:
+        """(accounts holding the role directly, accounts a change to it affects: directly or
+        through a role inheriting it); RoleError for an unknown role."""
+        role = await self._role_id(self._db, validate_role_name(name))
+        return await queries.count_holders(self._db, role)
+
     async def list_roles(self) -> list[Role]:
         """Every role, sorted by name, as stored now."""
         return _Policy(await queries.load_policy(self._db)).roles()

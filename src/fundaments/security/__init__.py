@@ -10,6 +10,7 @@ hold no state of their own.
 from __future__ import annotations
 
 from fundaments.audit import ChainVerification
+from fundaments.mail import MailStatus
 from fundaments.models import (
     MAX_IP_LENGTH,
     AuditEvent,
@@ -27,6 +28,7 @@ from fundaments.security.administration import AdministrationPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
+from fundaments.security.mail import MailPart
 from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
 from fundaments.store.reencrypt import ReencryptReport
@@ -42,6 +44,7 @@ __all__ = [
     "ChainVerification",
     "LoginFailure",
     "LoginResult",
+    "MailStatus",
     "ReencryptReport",
     "RequestContext",
     "Role",
@@ -60,6 +63,7 @@ class Security(
     EncryptionPart,
     AuditPart,
     KeyRotationPart,
+    MailPart,
 ):
     """One object for every security action. Build it with ``initialize_fundaments()``.
 

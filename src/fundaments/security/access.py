@@ -110,6 +110,11 @@ class AccessPart(SecurityCore):
         user_id = user_id_argument(user_id)
         return await self._access.user_permissions(user_id)
 
+    async def role_holders(self, name: str) -> tuple[int, int]:
+        """(accounts holding the role directly, accounts affected by a change to it: directly or
+        through a role inheriting it); RoleError for an unknown role."""
+        return await self._access.role_holders(name)
+
     async def list_roles(self) -> list[Role]:
         """Every role with its own permissions and parents, sorted by name."""
         return await self._access.list_roles()
