@@ -47,25 +47,29 @@ MAX_SHOWN_NAME = 64  # characters of a rejected row's username echoed back
 @users_app.command("list")
 def users_list(
     limit: int = typer.Option(100, min=1, max=1000, help="How many accounts."),
-    offset: int = typer.Option(0, min=0, help="Skip this many first."),
+    after: int = typer.Option(0, min=0, help="Accounts with ids above this one (the last id of a page)."),
+    search: str | None = typer.Option(None, help="Only accounts whose username or address contains this."),
 ) -> None:
-    """Accounts in id order, with their roles and state."""
+    """Accounts in id order, with their state (disabled, locked), address and roles."""
+    from fundaments.cli.users import account_state  # users.py registers commands on import too
 
     async def work(security: Security) -> None:
-        users = await security.list_users(limit=limit, offset=offset)
+        users = await security.list_users(limit=limit, after_id=after, search=search)
         table = Table(show_header=True, header_style="bold")
-        for name in ("id", "username", "state", "roles", "created"):
+        for name in ("id", "username", "state", "email", "roles", "last login"):
             table.add_column(name)
         for user in users:
-            roles = await security.user_roles(user.id)
-            state = "disabled" if user.is_disabled else "active"
-            if user.must_change_password:
-                state += ", must change password"
             table.add_row(
-                str(user.id), escape(user.username), state, ", ".join(roles), timestamp(user.created_at)
+                str(user.id),
+                escape(user.username),
+                account_state(user),
+                escape(user.email or ""),
+                ", ".join(user.roles),
+                timestamp(user.last_login_at),
             )
         out.print(table)
-        out.print(f"{len(users)} account(s)")
+        more = f"; next page: --after {users[-1].id}" if len(users) == limit else ""
+        out.print(f"{len(users)} account(s){more}")
 
     with_security(work)
 
@@ -80,13 +84,14 @@ def users_create(
     must_change_password: bool = typer.Option(
         False, "--must-change-password", help="Ask for a new password at the first login."
     ),
+    email: str | None = typer.Option(None, "--email", help="The account's email address (for recovery)."),
 ) -> None:
     """Create an account; the password comes from a hidden prompt or --password-stdin, never argv."""
     password = read_password(password_stdin)
 
     async def work(security: Security) -> None:
         user = await security.register_user(
-            username, password, roles=role or (), must_change_password=must_change_password
+            username, password, roles=role or (), must_change_password=must_change_password, email=email
         )
         out.print(
             f"created account #{user.id} {escape(user.username)}"
@@ -126,8 +131,10 @@ def users_unlock(user: str = typer.Argument(..., help="Username or id.")) -> Non
 
     async def work(security: Security) -> None:
         account = await resolve_user(security, user)
-        await security.unlock_user(account.id)
-        out.print(f"unlocked {escape(account.username)} (#{account.id})")
+        if await security.unlock_user(account.id):
+            out.print(f"unlocked {escape(account.username)} (#{account.id})")
+        else:
+            out.print(f"{escape(account.username)} (#{account.id}) was not locked: nothing changed")
 
     with_security(work)
 
