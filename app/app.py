@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Scope
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.console import HERE, Console, Redirect
+from app.recovery_pages import RecoveryPages
 from app.secrets_store import SecretStore
 from fundaments.bootstrap import Fundaments
 from fundaments.config import Settings
@@ -81,7 +82,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
         return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
 
-    routes = console_routes(console, health)
+    routes = console_routes(console, health) + RecoveryPages(console, fundaments.settings).routes()
     middleware = [
         Middleware(
             SecurityMiddleware,
