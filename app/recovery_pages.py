@@ -4,9 +4,13 @@ Anonymous pages (a forgotten password locks nobody out of them) built like the r
 server-rendered, every POST a form with the CSRF token, fixed sentences only. The links mailed by
 fundaments (``{PUBLIC_BASE_URL}/reset-password?token=…``, ``/verify-email?token=…``) land on a GET
 that changes nothing — mail scanners prefetch links — and shows a form; the token goes on in a
-hidden field of its POST. Pages holding a token are sent with ``Referrer-Policy: no-referrer`` (the
-console's default, ``same-origin``, would still hand the URL to its own pages and their logs) and
-``Cache-Control: no-store``; no log line of the console names a token.
+hidden field of its POST. Pages holding a token are sent with ``Cache-Control: no-store`` and
+``Referrer-Policy: strict-origin``: whatever such a page loads or submits is told the origin only,
+never the URL with the token. The console's default, ``same-origin``, would send that URL with
+the stylesheet's request to any proxy log; ``no-referrer`` would make browsers send
+``Origin: null`` with the form's POST, which the CSRF check rightly refuses (Fetch standard,
+"append a request Origin header"). No log line of the console names a token, and
+:func:`hide_link_tokens` masks the one in uvicorn's access log.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ MAX_TOKEN = 128  # fundaments' tokens are 43 characters; it refuses anything muc
 # The shape of a link's token (base64url). Anything else in ?token= is a mangled link: say so at
 # once instead of copying arbitrary query text into the page.
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,128}")
-TOKEN_PAGE_HEADERS = {"referrer-policy": "no-referrer", "cache-control": "no-store"}
+TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s]*")
+TOKEN_PAGE_HEADERS = {"referrer-policy": "strict-origin", "cache-control": "no-store"}
 
 NOT_AN_ADDRESS = "That is not a valid email address. Check it and try again."
 BUSY = "The server is busy; try again shortly."
@@ -50,6 +55,28 @@ ACCOUNT_MESSAGES = {
     "no_address": "Your account has no email address; ask an administrator to set one.",
 }
 ACCOUNT_WARNINGS = frozenset({"already_verified", "no_address"})
+
+
+class LinkTokenFilter(logging.Filter):
+    """Masks a query string's ``token`` in the arguments of a log record ("GET /reset-password?token=***").
+
+    The mailed links carry their token in the URL, and uvicorn's access log writes every request
+    line with its query string (its formatter needs the arguments, so they are rewritten in place).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                TOKEN_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+def hide_link_tokens(logger_name: str = "uvicorn.access") -> None:
+    """Put a :class:`LinkTokenFilter` on the logger (once)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, LinkTokenFilter) for f in logger.filters):
+        logger.addFilter(LinkTokenFilter())
 
 
 class RecoveryPages:

@@ -148,7 +148,7 @@ async def test_forgot_password_mail_link_reset_then_only_the_new_password_works(
     path, token = await mailbox.link(ANN, "/reset-password")
     form = await browser.get(path)
     assert form.status_code == 200 and hidden_token(form.text) == token
-    assert form.headers["referrer-policy"] == "no-referrer" and form.headers["cache-control"] == "no-store"
+    assert form.headers["referrer-policy"] == "strict-origin" and form.headers["cache-control"] == "no-store"
     minimum = fundaments.settings.password_min_length
     assert f'minlength="{minimum}"' in form.text and f"At least {minimum} characters." in form.text
 
@@ -157,7 +157,7 @@ async def test_forgot_password_mail_link_reset_then_only_the_new_password_works(
     assert differ.status_code == 400 and "do not match" in differ.text and hidden_token(differ.text) == token
     weak = await browser.post("/reset-password", token=token, new_password="short", confirm_password="short")
     assert weak.status_code == 400 and f"use at least {minimum} characters" in weak.text
-    assert hidden_token(weak.text) == token and weak.headers["referrer-policy"] == "no-referrer"
+    assert hidden_token(weak.text) == token and weak.headers["referrer-policy"] == "strict-origin"
 
     done = await browser.post(
         "/reset-password", token=token, new_password=NEW_PASSWORD, confirm_password=NEW_PASSWORD
@@ -196,7 +196,7 @@ async def test_a_used_link_shows_how_to_get_a_new_one_and_changes_nothing(
     )
     assert again.status_code == 400 and LINK_INVALID in again.text  # ... but its POST is refused
     assert 'href="/forgot-password"' in again.text and hidden_token(again.text) is None
-    assert again.headers["referrer-policy"] == "no-referrer"
+    assert again.headers["referrer-policy"] == "strict-origin"
     assert not await fundaments.security.user_login("ann", "a third passphrase 999", CLIENT)
     assert await fundaments.security.user_login("ann", NEW_PASSWORD, CLIENT)
     await browser.close()
@@ -291,7 +291,7 @@ async def test_a_signed_in_user_sees_the_address_and_confirms_it_with_a_post_not
     for _ in range(2):
         confirm = await scanner.get(path)
         assert confirm.status_code == 200 and 'id="confirm-email"' in confirm.text
-        assert hidden_token(confirm.text) == token and confirm.headers["referrer-policy"] == "no-referrer"
+        assert hidden_token(confirm.text) == token and confirm.headers["referrer-policy"] == "strict-origin"
     user = await security.get_user(ann.id)
     assert user is not None and not user.email_verified  # the GETs verified nothing
 
@@ -399,7 +399,32 @@ async def test_no_log_line_and_no_referer_carries_a_link_token(
     )
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.split(".")[0] in SERVER_LOGGERS)
     assert "password reset" in logged and token not in logged
-    # The form page may link elsewhere (sign in, static files): the browser sends no Referer.
-    assert form.headers["referrer-policy"] == "no-referrer"
+    # What the form page loads (its stylesheet) or submits gets the origin as Referer, not its URL.
+    assert form.headers["referrer-policy"] == "strict-origin"
     assert 'name="token"' in form.text and f"?token={token}" not in form.text
     await browser.close()
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_uvicorns_access_log_masks_the_token_of_a_link(settings: Settings) -> None:
+    """The mailed link's GET is a request line like any other: uvicorn logs it, query included."""
+    from app.app import server_config
+
+    server_config(object(), settings)  # type: ignore[arg-type]  # configures uvicorn's loggers
+    access, collect = logging.getLogger("uvicorn.access"), Collect()
+    access.addHandler(collect)
+    try:
+        token = "k_cOmOFUbo6jOrBsYsr58Bs5GKw3uLF1ceC4IAhRweM"
+        path = f"/reset-password?token={token}&x=1"
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    finally:
+        access.removeHandler(collect)
+    assert collect.lines == ['127.0.0.1:5000 - "GET /reset-password?token=***&x=1 HTTP/1.1" 200']
