@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from starlette.routing import Route
 
+from fundaments import initialize_fundaments
 from fundaments.bootstrap import Fundaments
+from fundaments.clock import ManualClock
 from fundaments.config import Settings
 from test_mail import SmtpServer
 from test_web_console import BASE, Browser, build_app  # type: ignore[attr-defined]
@@ -428,3 +430,51 @@ def test_uvicorns_access_log_masks_the_token_of_a_link(settings: Settings) -> No
     finally:
         access.removeHandler(collect)
     assert collect.lines == ['127.0.0.1:5000 - "GET /reset-password?token=***&x=1 HTTP/1.1" 200']
+
+
+async def test_a_full_hashing_pool_is_a_503_with_retry_after_and_the_link_stays_usable(
+    make_settings: Callable[..., Settings], clock: ManualClock, tmp_path: Path
+) -> None:
+    started = await initialize_fundaments(
+        make_settings(
+            hashing_concurrency=1,
+            hashing_queue_size=0,
+            allowed_hosts=["console.test"],
+            public_base_url=BASE,
+            reset_request_seconds=0,
+        ),
+        clock=clock,
+        configure_logs=False,
+    )
+    app = build_app(started, data_dir=tmp_path / "app-data")
+    try:
+        addresses = [f"user{i}@example.com" for i in range(6)]
+        for i, address in enumerate(addresses):
+            await started.security.register_user(f"user{i}", PASSWORD, email=address)
+            await started.security.request_password_reset(address, CLIENT)
+        mails = await Mailbox(started, None, tmp_path / "outbox").take(expect=len(addresses))
+        tokens = {
+            str(m["To"]): LINK.search(str(m.get_body(("plain",)).get_content())).group(3) for m in mails
+        }  # type: ignore[union-attr]
+        browsers = [Browser(app, ip=f"192.0.2.{i}") for i in range(len(addresses))]
+        for browser, address in zip(browsers, addresses, strict=True):
+            await browser.get(f"/reset-password?token={tokens[address]}")
+
+        async def reset(browser: Browser, address: str) -> int:
+            fields = {"csrf_token": browser.csrf, "token": tokens[address]}
+            fields |= {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD}
+            page = await browser.http.post("/reset-password", data=fields, headers={"origin": BASE})
+            if page.status_code == 503:
+                assert page.headers["retry-after"] == "5" and "The server is busy" in page.text
+            return page.status_code
+
+        statuses = await asyncio.gather(*(reset(b, a) for b, a in zip(browsers, addresses, strict=True)))
+        assert set(statuses) == {303, 503}, statuses  # one hash at a time, the others told to retry
+        for status, browser, address in zip(statuses, browsers, addresses, strict=True):
+            if status == 503:  # the link was not spent: the retry works
+                assert await reset(browser, address) == 303
+        for browser in browsers:
+            await browser.close()
+    finally:
+        app.state.secrets.close()
+        await started.close()
