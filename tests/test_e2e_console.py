@@ -364,15 +364,16 @@ def register_with_email(workdir: Path, username: str, password: str, address: st
     )
 
 
-def mail_to(outbox: Path, address: str, timeout: float = 20) -> EmailMessage:
-    """The newest mail to ``address`` in the file outbox, once the server's drainer wrote it."""
+def mail_to(outbox: Path, address: str, subject: str = "", timeout: float = 20) -> EmailMessage:
+    """The newest mail to ``address`` (its subject starting so) in the file outbox, once the
+    server's drainer wrote it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in sorted(outbox.glob("*.eml"), reverse=True):
             message = email.message_from_bytes(
                 path.read_bytes(), _class=EmailMessage, policy=email.policy.default
             )
-            if message["To"] == address:
+            if message["To"] == address and str(message["Subject"]).startswith(subject):
                 return message  # type: ignore[return-value]
         time.sleep(0.2)
     raise AssertionError(f"no mail to {address} in {outbox}")
@@ -395,7 +396,7 @@ def test_forgotten_password_reset_through_the_mailed_link_in_chromium(server: Se
         assert dave.path == "/forgot-password/sent" and "If an account has this address" in dave.text
         dave.shot("13-reset-link-sent")
 
-        message = mail_to(tmp_path / "run" / "var" / "outbox", DAVE_EMAIL)
+        message = mail_to(tmp_path / "run" / "var" / "outbox", DAVE_EMAIL, subject="Reset")
         part = message.get_body(preferencelist=("plain",))
         assert part is not None
         found = re.search(r"(\S+/reset-password\?token=([A-Za-z0-9_-]+))", str(part.get_content()))
@@ -419,6 +420,20 @@ def test_forgotten_password_reset_through_the_mailed_link_in_chromium(server: Se
         dave.open("/account")
         assert DAVE_EMAIL in dave.text and "not confirmed" in dave.text
         dave.shot("16-account")
+        dave.click("send-verification")
+        assert "A confirmation link is on its way" in dave.text
+        verification = mail_to(tmp_path / "run" / "var" / "outbox", DAVE_EMAIL, subject="Confirm")
+        part = verification.get_body(preferencelist=("plain",))
+        assert part is not None
+        found = re.search(r"(\S+/verify-email\?token=[A-Za-z0-9_-]+)", str(part.get_content()))
+        assert found is not None and found.group(1).startswith(server.base + "/verify-email?token=")
+        dave.driver.get(found.group(1))
+        assert dave.path == "/verify-email" and "Confirm my address" in dave.text
+        dave.shot("17-verify-email")
+        dave.click("confirm-email")
+        assert dave.path == "/verify-email/done" and "Your email address is confirmed." in dave.text
+        dave.open("/account")
+        assert dave.driver.find_element("id", "email-status").text == "confirmed"
     finally:
         dave.quit()
     output = server.stop()
