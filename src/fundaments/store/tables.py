@@ -220,5 +220,6 @@ mail_outbox = Table(  # mails waiting to be sent: written in the transaction tha
     Column("claimed_until", Timestamp, nullable=True),  # a sender's lease: a crashed one's expires
     Column("last_error", String(500), nullable=True),
     Column("failed_at", Timestamp, nullable=True),  # given up on after the last retry (kept, not sent)
+    sqlite_autoincrement=True,  # 0004: an id names the mail's .eml file; never reused
 )
 Index(f"ix_{PREFIX}mail_outbox_due", mail_outbox.c.failed_at, mail_outbox.c.next_attempt_at)

@@ -1,9 +1,10 @@
 """account email, last login, reset and verification tokens, request throttle; ids never reused
+(accounts and outbox mails)
 
 Revision ID: 0004
 Revises: 0003
 
-On SQLite the users table is rebuilt (Alembic's batch mode: copy, drop, rename) to gain
+On SQLite the users and mail-outbox tables are rebuilt (Alembic's batch mode: copy, drop, rename) to gain
 AUTOINCREMENT, so that a deleted account's id is never handed to a new account. The migration
 connection runs with foreign keys off (SQLite's default; see store/migrate.py), so dropping the old
 table cascades to nothing, and the rows that refer to users keep their ids.
@@ -46,12 +47,18 @@ def upgrade() -> None:
             for column in _user_columns():
                 batch_op.add_column(column)
             batch_op.create_unique_constraint(batch_op.f("uq_fundaments_users_email_key"), ["email_key"])
+        # The outbox too: FileTransport names a mail's file by its id, so a reused id (an emptied
+        # outbox starts again at 1) would overwrite the previous mail's .eml.
+        with op.batch_alter_table(
+            "fundaments_mail_outbox", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ):
+            pass
         # Never below the highest id used so far, even one whose row is already gone.
-        op.execute(
-            "INSERT INTO sqlite_sequence (name, seq) SELECT 'fundaments_users', COALESCE(MAX(id), 0) "
-            "FROM fundaments_users WHERE NOT EXISTS "
-            "(SELECT 1 FROM sqlite_sequence WHERE name = 'fundaments_users')"
-        )
+        for table in ("fundaments_users", "fundaments_mail_outbox"):
+            op.execute(
+                f"INSERT INTO sqlite_sequence (name, seq) SELECT '{table}', COALESCE(MAX(id), 0) "  # noqa: S608 - constant names
+                f"FROM {table} WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '{table}')"
+            )
     else:
         for column in _user_columns():
             op.add_column("fundaments_users", column)
