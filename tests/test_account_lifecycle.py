@@ -19,11 +19,13 @@ from fundaments.errors import (
     EmailInUseError,
     InvalidEmailError,
     LastAdministratorError,
+    PasswordPolicyError,
     PermissionDenied,
     UnknownUserError,
     UserExistsError,
 )
 from fundaments.models import LoginFailure, User
+from test_web_console import Browser, console, settings  # noqa: F401 - fixtures
 
 PASSWORD = "correct horse battery staple"
 CLIENT = {"ip_address": "198.51.100.30", "user_agent": "Mozilla/5.0 lifecycle test"}
@@ -298,3 +300,30 @@ def test_revision_0004_keeps_every_row_and_stops_id_reuse(tmp_path: Path) -> Non
     assert db.execute("SELECT COUNT(*) FROM fundaments_devices").fetchone() == (0,)  # cascaded now
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     db.close()
+
+
+# --- the forced first-login change proves something ------------------------------------------------
+async def test_the_forced_change_refuses_the_one_time_password_as_the_new_one(security: Security) -> None:
+    ann = await security.register_user("ann", "one time passphrase 4711", must_change_password=True)
+    with pytest.raises(PasswordPolicyError, match="must differ from the current one"):
+        await security.change_password(ann.id, "one time passphrase 4711", "one time passphrase 4711")
+    user = await security.get_user(ann.id)
+    assert user is not None and user.must_change_password  # still owed
+    await security.change_password(ann.id, "one time passphrase 4711", "my own passphrase 2026")
+    user = await security.get_user(ann.id)
+    assert user is not None and not user.must_change_password
+
+
+async def test_the_console_forced_change_refuses_the_one_time_password(
+    console: tuple[object, str],  # noqa: F811
+) -> None:
+    app, password = console
+    admin = Browser(app)
+    await admin.get("/login")
+    await admin.post("/login", username="admin", password=password)
+    same = await admin.post(
+        "/password", current_password=password, new_password=password, confirm_password=password
+    )
+    assert same.status_code == 400 and "must differ" in same.text
+    assert (await admin.get("/dashboard")).url.path == "/password"  # the change is still owed
+    await admin.close()
