@@ -165,7 +165,7 @@ class RecoveryPages:
 
     async def reset_page(self, request: Request) -> Response:
         token = self._link_token(request)
-        if token is None:
+        if token is None or not await self.security.password_reset_link_valid(token):
             return await self._invalid_link(request, "reset")
         return await self._reset_form(request, token)
 

@@ -189,14 +189,15 @@ async def test_a_used_link_shows_how_to_get_a_new_one_and_changes_nothing(
     await browser.post(
         "/reset-password", token=token, new_password=NEW_PASSWORD, confirm_password=NEW_PASSWORD
     )
-    await browser.get(path)  # the link again: the form (a GET spends nothing, so it cannot tell) ...
+    opened = await browser.get(path)  # the link again: dead, said at once (the GET spends nothing)
+    assert opened.status_code == 400 and LINK_INVALID in opened.text and hidden_token(opened.text) is None
     again = await browser.post(
         "/reset-password",
         token=token,
         new_password="a third passphrase 999",
         confirm_password="a third passphrase 999",
     )
-    assert again.status_code == 400 and LINK_INVALID in again.text  # ... but its POST is refused
+    assert again.status_code == 400 and LINK_INVALID in again.text  # and its POST is refused
     assert 'href="/forgot-password"' in again.text and hidden_token(again.text) is None
     assert again.headers["referrer-policy"] == "strict-origin"
     assert not await fundaments.security.user_login("ann", "a third passphrase 999", CLIENT)

@@ -110,11 +110,14 @@ async def test_a_reset_link_sets_a_new_password_once_and_ends_every_session(
     assert "locked" in lock_notice["Subject"]
     token = await reset_link(app, smtp)
     assert len(token) >= 43  # 256 bits, base64url
+    assert await security.password_reset_link_valid(token)  # and asking spends nothing
+    assert await security.password_reset_link_valid(token)
     user = await security.reset_password(token, NEW_PASSWORD, CLIENT)
     assert user.id == ann.id and not user.is_locked and not user.must_change_password
     assert await security.validate_session(session.token, CLIENT) is None
     assert not await security.user_login("ann", PASSWORD, CLIENT)
     assert await security.user_login("ann", NEW_PASSWORD, CLIENT)
+    assert not await security.password_reset_link_valid(token)
     with pytest.raises(AuthenticationError, match="ask for a new one"):
         await security.reset_password(token, "yet another passphrase 77", CLIENT)  # single use
     [notice] = await deliver(app, smtp)

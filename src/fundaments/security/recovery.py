@@ -132,6 +132,11 @@ class RecoveryPart(SecurityCore):
             raise AuthenticationError(INVALID_LINK)
         return user
 
+    async def password_reset_link_valid(self, token: str) -> bool:
+        """Whether ``token`` would be accepted by :meth:`reset_password` now (spends nothing): a
+        page can say at once that a link is dead instead of after the new password was typed."""
+        return await self._require_tokens().check(token, PASSWORD_RESET) is not None
+
     async def _reset_second_factor(self, user_id: int, second_factor: str | None) -> None:
         """Where a reset proves the second factor (issue: multi-factor authentication). No factor
         exists yet, so there is nothing to check; tests/test_recovery.py holds the test to enable."""
