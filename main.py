@@ -3,7 +3,10 @@
     python main.py
 
 On a fresh checkout with no configuration it creates ./var/ (the SQLite database) and writes
-freshly generated keys to .env (mode 0600), never overwriting an existing value.
+freshly generated keys to .env (mode 0600), never overwriting an existing value. Relative paths
+are the working directory's; at start it names the database, keys and outbox it uses, and it
+refuses to create an empty database elsewhere while this directory holds a .env or a database
+(README: "Where the data lives").
 """
 
 from __future__ import annotations
@@ -11,29 +14,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from fundaments import initialize_fundaments
 from fundaments.bootstrap import ensure_admin
-from fundaments.config import ensure_env_keys, env_file_path, load_settings
+from fundaments.config import (
+    ensure_env_keys,
+    env_file_path,
+    fresh_start_problem,
+    load_settings,
+    state_locations,
+)
 from fundaments.errors import FundamentsError
 
 log = logging.getLogger("fundaments.main")
+PROJECT_DIR = Path(__file__).resolve().parent
 
 
 async def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     env_file = env_file_path()
-    written = ensure_env_keys(env_file)
-    if written:
-        log.warning(
-            "no encryption keys were configured: generated %s and wrote them to %s (mode 0600); "
-            "back this file up — data encrypted with these keys cannot be read without them",
-            " and ".join(written),
-            env_file,
-        )
     try:
+        problem = fresh_start_problem(PROJECT_DIR, load_settings(), env_file)  # before writing anything
+        if problem is not None:
+            log.critical("fundaments did not start: %s", problem)
+            return 1
+        written = ensure_env_keys(env_file)
+        if written:
+            log.warning(
+                "no encryption keys were configured: generated %s and wrote them to %s (mode 0600); "
+                "back this file up — data encrypted with these keys cannot be read without them",
+                " and ".join(written),
+                env_file,
+            )
         settings = load_settings()
+        for line in state_locations(settings, env_file):
+            log.info("%s", line)
         fundaments = await initialize_fundaments(settings)
     except FundamentsError as exc:
         log.critical("fundaments could not start: %s", exc)

@@ -104,12 +104,13 @@ class RolePages:
         await self.console.signed_in(request, ROLES_PERMISSION)
         role = await self._role(request)
         security = self.console.security
-        holders = await security.role_holder_count(role.name)
+        holders, affected = await security.role_holders(role.name)
         heirs = [r.name for r in await security.list_roles() if role.name in r.inherits]
         consequences = [
             f"The role “{role.name}” is deleted with its {len(role.permissions)} permission(s).",
-            f"{holders} account(s) holding it lose it, and with it these permissions, at their next request."
-            if holders
+            f"{holders} account(s) holding it lose it at their next request"
+            f" ({affected} account(s) lose permissions through it, by inheritance included)."
+            if affected
             else "No account holds it.",
             "These roles inherit it and lose what it gives: " + ", ".join(heirs) + "."
             if heirs

@@ -30,6 +30,7 @@ from app.admin_audit import AuditPages
 from app.admin_roles import RolePages
 from app.admin_users import UserPages
 from app.console import HERE, Console, Redirect
+from app.recovery_pages import RecoveryPages, hide_link_tokens
 from app.secrets_store import SecretStore
 from fundaments.bootstrap import Fundaments
 from fundaments.config import Settings
@@ -90,7 +91,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
         # Its messages are the facade's fixed sentences ("session_id must not contain NUL characters").
         return await http_error(request, HTTPException(400, f"The request was refused: {exc}."))
 
-    routes = console_routes(console, health)
+    routes = console_routes(console, health) + RecoveryPages(console, fundaments.settings).routes()
     middleware = [
         Middleware(
             SecurityMiddleware,
@@ -230,7 +231,7 @@ DEFAULT_LIMITS = ServerLimits()
 
 def server_config(app: ASGIApp, settings: Settings, limits: ServerLimits = DEFAULT_LIMITS) -> uvicorn.Config:
     """uvicorn's configuration for the console: HOST:PORT, the limits, no proxy headers."""
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -245,6 +246,8 @@ def server_config(app: ASGIApp, settings: Settings, limits: ServerLimits = DEFAU
         limit_concurrency=limits.max_concurrency,
         h11_max_incomplete_event_size=limits.max_header_bytes,
     )
+    hide_link_tokens()  # uvicorn's access log (configured just now) would write the mailed links' tokens
+    return config
 
 
 async def start_application(fundaments: Fundaments, limits: ServerLimits = DEFAULT_LIMITS) -> None:

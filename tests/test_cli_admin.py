@@ -131,13 +131,83 @@ def test_users_disable_enable_unlock_by_name_and_id(cli: Invoke) -> None:
     assert "disabled" in cli("users", "list").stdout
     enabled = cli("users", "enable", "1")
     assert enabled.exit_code == 0 and "enabled carol (#1)" in enabled.stdout
-    unlocked = cli("users", "unlock", "carol")
-    assert unlocked.exit_code == 0 and "unlocked carol (#1)" in unlocked.stdout
+    unlocked = cli("users", "unlock", "carol")  # not locked: said so, nothing audited
+    assert unlocked.exit_code == 0 and "carol (#1) was not locked: nothing changed" in unlocked.stdout
 
 
 @pytest.mark.parametrize("command", ["disable", "enable", "unlock"])
 def test_users_commands_name_an_unknown_account(cli: Invoke, command: str) -> None:
     assert_one_line_error(cli("users", command, "nobody"), "no account 'nobody'")
+
+
+NEW_PASSWORD = "a brand new passphrase, chosen by the admin"
+
+
+def login_state(username: str, password: str) -> tuple[bool, bool]:
+    """(the password logs in, the account must change its password)."""
+
+    async def check(security: Security) -> tuple[bool, bool]:
+        login = await security.user_login(username, password, REQUEST)
+        return bool(login), bool(login.user and login.user.must_change_password)
+
+    result = with_security(check)
+    assert isinstance(result, tuple)
+    return result
+
+
+def test_users_set_password_from_the_hidden_prompt_forces_a_change(cli: Invoke) -> None:
+    cli("users", "create", "carol", "--password-stdin", input=PASSWORD)
+    result = cli("users", "set-password", "carol", input=f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert NEW_PASSWORD not in result.output
+    assert (
+        "password of carol (#1) set" in result.stdout and "must be chosen at the next login" in result.stdout
+    )
+    assert login_state("carol", PASSWORD) == (False, False)
+    assert login_state("carol", NEW_PASSWORD) == (True, True)
+
+
+def test_users_set_password_from_stdin_without_forcing_a_change(cli: Invoke) -> None:
+    cli("users", "create", "carol", "--password-stdin", input=PASSWORD)
+    result = cli("users", "set-password", "1", "--password-stdin", "--no-must-change", input=NEW_PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert "must be chosen" not in result.stdout
+    assert login_state("carol", NEW_PASSWORD) == (True, False)
+
+
+def test_users_set_password_asks_twice_and_refuses_a_mismatch(cli: Invoke) -> None:
+    cli("users", "create", "carol", "--password-stdin", input=PASSWORD)
+    result = cli("users", "set-password", "carol", input=f"{NEW_PASSWORD}\nsomething else entirely\n")
+    assert_one_line_error(result, "no password given")  # the prompt asks again; input ends
+    assert "do not match" in result.stdout
+    assert login_state("carol", PASSWORD) == (True, False)
+
+
+def test_users_set_password_has_no_password_argument(cli: Invoke) -> None:
+    cli("users", "create", "carol", "--password-stdin", input=PASSWORD)
+    assert cli("users", "set-password", "carol", NEW_PASSWORD).exit_code == 2
+    assert cli("users", "set-password", "carol", "--password", NEW_PASSWORD).exit_code == 2
+
+
+def test_users_set_password_refuses_a_policy_failure_in_one_line(cli: Invoke) -> None:
+    cli("users", "create", "carol", "--password-stdin", input=PASSWORD)
+    result = cli("users", "set-password", "carol", "--password-stdin", input="short\n")
+    assert_one_line_error(result, "at least 15 characters")
+    assert "short" not in result.output
+    assert login_state("carol", PASSWORD) == (True, False)
+
+
+def test_users_set_password_names_an_unknown_account_before_asking(cli: Invoke) -> None:
+    result = cli("users", "set-password", "nobody")
+    assert_one_line_error(result, "no account 'nobody'")
+    assert "New password" not in result.output
+
+
+def test_users_set_password_ends_every_session(cli: Invoke) -> None:
+    log_in_twice(cli)
+    result = cli("users", "set-password", "erin", "--password-stdin", input=NEW_PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert "0 live session(s)" in cli("sessions", "list", "erin").stdout
 
 
 def test_users_import_reports_every_rejected_row_and_imports_the_rest(cli: Invoke, tmp_path: Path) -> None:

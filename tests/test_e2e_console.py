@@ -7,6 +7,8 @@ page go to e2e-screenshots/ (git-ignored; FUNDAMENTS_E2E_SCREENSHOTS overrides t
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(os.environ.get("FUNDAMENTS_E2E_SCREENSHOTS", REPO / "e2e-screenshots"))
 ADMIN_PASSWORD = "an operator's own long passphrase"
 CAROL_PASSWORD = "she keeps a long private passphrase"
+DAVE_PASSWORD = "my first long passphrase here"
+DAVE_NEW_PASSWORD = "a fresh passphrase chosen later"
+DAVE_EMAIL = "dave@example.com"
 GENERIC = "Invalid username or password."
 
 pytestmark = pytest.mark.slow
@@ -65,7 +71,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "main.py")],
             cwd=workdir,
-            env={**keep, "PORT": str(self.port)},
+            env={**keep, "PORT": str(self.port), "PUBLIC_BASE_URL": self.base},  # mailed links come here
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -332,3 +338,104 @@ def test_console_scenario_in_chromium(server: Server, tmp_path: Path) -> None:
     finally:
         for opened in browsers:
             opened.quit()
+
+
+def register_with_email(workdir: Path, username: str, password: str, address: str) -> None:
+    """An account with an email address, made through the facade in a process of its own on the
+    running server's database (the console has no form for addresses yet)."""
+    script = (
+        "import asyncio, sys\n"
+        "from fundaments import initialize_fundaments\n"
+        "async def main():\n"
+        "    started = await initialize_fundaments(configure_logs=False)\n"
+        "    try:\n"
+        "        await started.security.register_user(sys.argv[1], sys.argv[2], email=sys.argv[3])\n"
+        "    finally:\n"
+        "        await started.close()\n"
+        "asyncio.run(main())\n"
+    )
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    subprocess.run(
+        [sys.executable, "-c", script, username, password, address],
+        cwd=workdir,
+        env=keep,
+        check=True,
+        timeout=60,
+    )
+
+
+def mail_to(outbox: Path, address: str, subject: str = "", timeout: float = 20) -> EmailMessage:
+    """The newest mail to ``address`` (its subject starting so) in the file outbox, once the
+    server's drainer wrote it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in sorted(outbox.glob("*.eml"), reverse=True):
+            message = email.message_from_bytes(
+                path.read_bytes(), _class=EmailMessage, policy=email.policy.default
+            )
+            if message["To"] == address and str(message["Subject"]).startswith(subject):
+                return message  # type: ignore[return-value]
+        time.sleep(0.2)
+    raise AssertionError(f"no mail to {address} in {outbox}")
+
+
+def test_forgotten_password_reset_through_the_mailed_link_in_chromium(server: Server, tmp_path: Path) -> None:
+    """Forgot password -> the mail in ./var/outbox -> its link opened in the browser -> a new
+    password -> signed in with it; the old one refused, and the link's token in no log line."""
+    server.admin_password()
+    server.wait_ready()
+    register_with_email(tmp_path / "run", "dave", DAVE_PASSWORD, DAVE_EMAIL)
+    dave = Browser("dave", server.base, tmp_path / "profile-dave")
+    try:
+        dave.open("/login")
+        dave.click("forgot-password")
+        assert dave.path == "/forgot-password"
+        dave.fill(email=DAVE_EMAIL)
+        dave.shot("12-forgot-password")
+        dave.click("send-reset-link")
+        assert dave.path == "/forgot-password/sent" and "If an account has this address" in dave.text
+        dave.shot("13-reset-link-sent")
+
+        message = mail_to(tmp_path / "run" / "var" / "outbox", DAVE_EMAIL, subject="Reset")
+        part = message.get_body(preferencelist=("plain",))
+        assert part is not None
+        found = re.search(r"(\S+/reset-password\?token=([A-Za-z0-9_-]+))", str(part.get_content()))
+        assert found is not None and found.group(1).startswith(server.base + "/reset-password?token=")
+        link, token = found.group(1), found.group(2)
+        dave.driver.get(link)
+        assert dave.path == "/reset-password" and "At least 15 characters." in dave.text
+        dave.shot("14-reset-password")
+        dave.fill(new_password=DAVE_NEW_PASSWORD, confirm_password=DAVE_NEW_PASSWORD)
+        dave.click("reset-password")
+        assert dave.path == "/reset-password/done", dave.text
+        assert "every session of your account was signed out" in dave.text
+        # The form's page sent the origin as Referer (and a real Origin: the CSRF check passed).
+        assert dave.driver.execute_script("return document.referrer") == server.base + "/"
+        dave.shot("15-password-reset")
+
+        dave.login("dave", DAVE_PASSWORD)
+        assert dave.path == "/login" and GENERIC in dave.text
+        dave.login("dave", DAVE_NEW_PASSWORD)
+        assert dave.path == "/dashboard" and "Welcome, dave" in dave.text
+        dave.open("/account")
+        assert DAVE_EMAIL in dave.text and "not confirmed" in dave.text
+        dave.shot("16-account")
+        dave.click("send-verification")
+        assert "A confirmation link is on its way" in dave.text
+        verification = mail_to(tmp_path / "run" / "var" / "outbox", DAVE_EMAIL, subject="Confirm")
+        part = verification.get_body(preferencelist=("plain",))
+        assert part is not None
+        found = re.search(r"(\S+/verify-email\?token=[A-Za-z0-9_-]+)", str(part.get_content()))
+        assert found is not None and found.group(1).startswith(server.base + "/verify-email?token=")
+        dave.driver.get(found.group(1))
+        assert dave.path == "/verify-email" and "Confirm my address" in dave.text
+        dave.shot("17-verify-email")
+        dave.click("confirm-email")
+        assert dave.path == "/verify-email/done" and "Your email address is confirmed." in dave.text
+        dave.open("/account")
+        assert dave.driver.find_element("id", "email-status").text == "confirmed"
+    finally:
+        dave.quit()
+    output = server.stop()
+    assert "/reset-password" in output or "password reset" in output, output  # the server did log the flow
+    assert token not in output  # ... never with the token (access log included)

@@ -386,3 +386,20 @@ async def test_two_instances_draining_one_outbox_send_each_mail_once(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_an_emptied_outbox_never_reuses_a_file_name(fundaments: Fundaments, clock: ManualClock) -> None:
+    """FileTransport names a mail's file by its outbox id: with SQLite reusing the highest id of an
+    emptied table, the next mail would overwrite the last one's .eml."""
+    mailer = fundaments["mail"]
+    first = await send(mailer, fundaments, subject="first")
+    await mailer.send_due()
+    second = await send(mailer, fundaments, subject="second")
+    await mailer.send_due()
+    assert second > first
+    directory = mailer.transport.directory
+    subjects = sorted(
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Subject"]
+        for p in directory.glob("*.eml")
+    )
+    assert subjects == ["first", "second"]

@@ -1,9 +1,11 @@
-"""`python main.py` on a fresh checkout: creates var/ and .env, answers HTTP, stops cleanly on SIGINT."""
+"""`python main.py` on a fresh checkout: creates var/ and .env, answers HTTP, stops cleanly on SIGINT;
+names where its data, keys and outbox are; refuses an empty start beside a configured project."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from conftest import FAST_HASHING, TEST_MASTER_KEY, TEST_SALT
 from fundaments import initialize_fundaments
-from fundaments.config import Settings, load_settings
+from fundaments.config import Settings, fresh_start_problem, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # app/ is the example application at the repository root, not installed
@@ -41,11 +43,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**keep, **extra}
 
 
+def project_copy(directory: Path) -> Path:
+    """A project directory of its own: main.py copied, app/ linked (the checkout's own .env or var/,
+    if a developer has them, stay out of the test)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "main.py", directory / "main.py")
+    (directory / "app").symlink_to(REPO / "app", target_is_directory=True)
+    return directory / "main.py"
+
+
 @pytest.mark.slow
 def test_main_runs_in_an_empty_directory_and_stops_on_sigint(tmp_path: Path) -> None:
     port = free_port()
+    main_py = project_copy(tmp_path)  # the first run of a fresh checkout, in its directory
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "main.py")],
+        [sys.executable, str(main_py)],
         cwd=tmp_path,
         env=clean_env(PORT=str(port)),
         stdout=subprocess.PIPE,
@@ -83,6 +95,98 @@ def test_main_runs_in_an_empty_directory_and_stops_on_sigint(tmp_path: Path) -> 
     assert key not in output  # the generated key is never printed
     assert "wrote them to .env" in output
     assert "Created the administrator account." in output and "username: admin" in output
+    here = tmp_path.resolve()
+    assert f"database: {here / 'var' / 'fundaments.db'} (SQLite, new: created now)" in output
+    assert f"keys:     {here / '.env'}\n" in output
+    assert f"outbox:   {here / 'var' / 'outbox'} (one .eml file per mail)" in output
+
+
+def run_main(main_py: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(main_py)],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("found", [".env", "var/fundaments.db"])
+def test_main_run_elsewhere_refuses_an_empty_start_beside_a_configured_project(
+    tmp_path: Path, found: str
+) -> None:
+    main_py = project_copy(tmp_path / "project")
+    project = main_py.parent.resolve()
+    (project / found).parent.mkdir(exist_ok=True)
+    (project / found).write_text("DATABASE_URL=postgresql://app@db.internal/app\n" if found == ".env" else "")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_main(main_py, elsewhere)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"refusing to start a new, empty database in {elsewhere.resolve()}" in proc.stderr
+    assert f"the project directory has {project / found}" in proc.stderr
+    assert f"cd {project} && python main.py" in proc.stderr and "set DATABASE_URL" in proc.stderr
+    assert list(elsewhere.iterdir()) == []  # no .env with fresh keys, no var/: nothing was created
+
+
+def test_main_run_elsewhere_with_its_own_env_starts_and_names_what_it_uses(tmp_path: Path) -> None:
+    main_py = project_copy(tmp_path / "project")
+    (main_py.parent / ".env").write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_text("DATABASE_URL=postgresql://app:pw-s3cr3t@127.0.0.1:1/none\n")
+    proc = run_main(main_py, elsewhere)  # configured here on purpose: past the check, then no server
+    assert "refusing" not in proc.stderr
+    assert "database: postgresql://app:***@127.0.0.1:1/none (PostgreSQL)" in proc.stderr
+    assert f"keys:     {elsewhere.resolve() / '.env'}" in proc.stderr
+    assert "pw-s3cr3t" not in proc.stderr
+    assert proc.returncode == 1 and "could not start" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "refused"),
+    [
+        ("in the project directory", False),
+        ("elsewhere, beside a project .env", True),
+        ("elsewhere, beside a project database", True),
+        ("elsewhere, no project data", False),
+        ("elsewhere, with its own .env", False),
+        ("elsewhere, with its own database", False),
+        ("elsewhere, DATABASE_URL set", False),
+        ("elsewhere, FUNDAMENTS_ENV_FILE set", False),
+        ("elsewhere, DATABASE_URL to PostgreSQL in the project .env only", True),
+    ],
+)
+def test_fresh_start_problem_decides_by_what_each_directory_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, refused: bool
+) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "var").mkdir(parents=True)
+    elsewhere.mkdir()
+    environ: dict[str, str] = {}
+    if "project .env" in case or case == "in the project directory":
+        (project / ".env").write_text("DATABASE_URL=postgresql://app@db.internal/app\n")
+    if "project database" in case:
+        (project / "var" / "fundaments.db").write_bytes(b"")
+    if "own .env" in case:
+        (elsewhere / ".env").write_text("")
+    if "own database" in case:
+        (elsewhere / "var").mkdir()
+        (elsewhere / "var" / "fundaments.db").write_bytes(b"")
+    if "DATABASE_URL set" in case:
+        environ["DATABASE_URL"] = "sqlite:///./var/new.db"
+    if "FUNDAMENTS_ENV_FILE set" in case:
+        environ["FUNDAMENTS_ENV_FILE"] = str(tmp_path / "chosen.env")
+    monkeypatch.chdir(project if case == "in the project directory" else elsewhere)
+    env_file = Path(environ.get("FUNDAMENTS_ENV_FILE", ".env"))
+    settings = load_settings(
+        env_file=tmp_path / "absent.env",
+        **({"database_url": environ["DATABASE_URL"]} if "DATABASE_URL" in environ else {}),
+    )
+    problem = fresh_start_problem(project, settings, env_file, environ)
+    assert (problem is not None) == refused, problem
 
 
 def test_main_refuses_an_invalid_setting_with_one_clear_line(tmp_path: Path) -> None:

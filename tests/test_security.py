@@ -162,3 +162,15 @@ async def test_the_readme_quick_start_runs(capsys) -> None:
     out = capsys.readouterr().out
     assert "login ok: True" in out and "decrypted: SensitiveToken123" in out
     assert "same cookie from another IP: None" in out and "audit chain intact: True" in out
+
+
+async def test_the_readme_recovery_example_prints_what_the_readme_shows(capsys) -> None:
+    spec = importlib.util.spec_from_file_location("recovery", REPO / "examples" / "recovery.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    await module.main()
+    out = capsys.readouterr().out
+    readme = (REPO / "README.md").read_text()
+    assert out in readme, out  # the README's output block is this run's, line for line
+    assert "the same link again: this link is not valid any more" in out

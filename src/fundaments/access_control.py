@@ -541,6 +541,12 @@ class AccessControl:
             raise UnknownUserError(f"no user has the id {uid}")
         return names
 
+    async def role_holders(self, name: Any) -> tuple[int, int]:
+        """(accounts holding the role directly, accounts a change to it affects: directly or
+        through a role inheriting it); RoleError for an unknown role."""
+        role = await self._role_id(self._db, validate_role_name(name))
+        return await queries.count_holders(self._db, role)
+
     async def list_roles(self) -> list[Role]:
         """Every role, sorted by name, as stored now."""
         return _Policy(await queries.load_policy(self._db)).roles()
@@ -651,11 +657,6 @@ class AccessControl:
             )
         self._changed(version, policy=True)  # nobody holds it yet: cached user sets stay valid
         return Role(name, granted, parents, description, now)
-
-    async def role_holder_count(self, name: Any) -> int:
-        """How many accounts hold the role directly; RoleError for an unknown role."""
-        name = validate_role_name(name)
-        return await queries.holder_count(self._db, await self._role_id(self._db, name))
 
     async def delete_role(self, name: Any, *, actor_user_id: Any = None) -> None:
         """Delete a role, revoking it from every holder and removing it from roles that inherit it."""

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from fundaments import store
 from fundaments.access_control import AccessControl
+from fundaments.account_tokens import AccountTokens
 from fundaments.audit import CHECKPOINT_PURPOSE, AuditTrail
 from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, configure_logging, degraded_services, load_settings
@@ -38,6 +39,7 @@ SERVICE_KEYS = (
     "access_control",
     "audit",
     "mail",
+    "account_tokens",
     "security",
 )
 
@@ -182,6 +184,7 @@ async def initialize_fundaments(
         sessions = SessionManager(db, settings, clock, audit)
         access_control = AccessControl(db, settings, clock, audit)
         mail = Mailer(db, settings, clock, audit, encryption)
+        account_tokens = AccountTokens(db, settings, clock)
         await user_handler.start()
         await sessions.start()
         await access_control.start()
@@ -198,6 +201,7 @@ async def initialize_fundaments(
         "access_control": access_control,
         "audit": audit,
         "mail": mail,
+        "account_tokens": account_tokens,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

@@ -45,6 +45,14 @@ class InvalidUsernameError(FundamentsError, ValueError):
     """A username is empty, too long or contains control characters."""
 
 
+class InvalidEmailError(FundamentsError, ValueError):
+    """An email address is not usable (email-validator's reason is in the message)."""
+
+
+class EmailInUseError(UserExistsError):
+    """Another account already uses this email address (or has it as its username)."""
+
+
 class InvalidPasswordHashError(FundamentsError, ValueError):
     """An imported password hash is not in one of the supported formats."""
 

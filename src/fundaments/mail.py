@@ -22,9 +22,10 @@ import email.utils
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
@@ -49,6 +50,18 @@ MAX_SUBJECT = 200
 MAX_BODY = 100_000
 CONTEXT = "fundaments/mail-outbox"  # the AEAD context of stored messages
 _ENCRYPTED, _PLAIN = "aead:", "plain:"
+
+
+@dataclass(frozen=True, slots=True)
+class MailStatus:
+    """Where one mail of the outbox is: ``waiting`` (not yet sent, or being retried), ``delivered``
+    (the server or the file outbox accepted it), or ``failed`` (given up: ``error`` says why)."""
+
+    id: int
+    state: Literal["waiting", "delivered", "failed"]
+    attempts: int = 0
+    error: str | None = None
+    next_attempt_at: float | None = None
 
 
 class MailDeliveryError(Exception):
@@ -268,6 +281,16 @@ class Mailer:
             backoff = min(self._settings.mail_retry_seconds * 2 ** (attempts - 1), MAX_BACKOFF)
             await queries.retry_later(tx, mail_id, lease, now + backoff, error)
         log.warning("mail %d (%s) not sent, retrying in %.0f s: %s", mail_id, kind, backoff, error)
+
+    async def status(self, mail_id: int, kind: str, recipient: str) -> MailStatus:
+        """Where the mail ``enqueue`` returned ``mail_id`` for is now (``recipient`` as enqueued)."""
+        row = await queries.status(self._db, mail_id, kind, normalize_address(recipient))
+        if row is None:
+            return MailStatus(mail_id, "delivered")
+        error = None if row["last_error"] is None else str(row["last_error"])
+        if row["failed_at"] is not None:
+            return MailStatus(mail_id, "failed", int(row["attempts"]), error)
+        return MailStatus(mail_id, "waiting", int(row["attempts"]), error, float(row["next_attempt_at"]))
 
     async def pending(self) -> tuple[int, int]:
         """(mails waiting, mails given up on)."""

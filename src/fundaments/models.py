@@ -35,11 +35,20 @@ class User:
     is_disabled: bool = False
     must_change_password: bool = False
     created_at: float = 0.0
-    roles: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()  # the roles held directly (inherited ones are in their definitions)
+    email: str | None = None
+    email_verified: bool = False
+    locked_until: float | None = None  # set while the account is locked (Unix seconds), else None
+    last_login_at: float | None = None
 
     @property
     def is_active(self) -> bool:
         return not self.is_disabled
+
+    @property
+    def is_locked(self) -> bool:
+        """Whether the account was locked when it was read (its device cookies may still pass)."""
+        return self.locked_until is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
 from fundaments.config import Settings
+from fundaments.emails import EmailAddress, email_key_or_none, normalize_email
 from fundaments.errors import (
     CheckInFlightError,
     ConstraintViolation,
+    EmailInUseError,
     InvalidPasswordHashError,
     InvalidUsernameError,
     UnknownUserError,
@@ -115,13 +117,20 @@ def _printable(text: object) -> str:
     return "".join(ch if ch.isprintable() else "\ufffd" for ch in raw[:MAX_USERNAME_LENGTH])
 
 
-def _user(row: Row) -> User:
+def _user(row: Row, now: float, roles: builtins.list[str] | tuple[str, ...] = ()) -> User:
+    locked_until = row["locked_until"]
+    last_login = row["last_login_at"]
     return User(
         id=int(row["id"]),
         username=row["username"],
         is_disabled=bool(row["is_disabled"]),
         must_change_password=bool(row["must_change_password"]),
         created_at=float(row["created_at"]),
+        roles=tuple(roles),
+        email=row["email"],
+        email_verified=bool(row["email_verified"]),
+        locked_until=float(locked_until) if locked_until is not None and locked_until > now else None,
+        last_login_at=None if last_login is None else float(last_login),
     )
 
 
@@ -155,6 +164,7 @@ class CredentialCheck:
     device_token: str | None = field(default=None, repr=False)
     devices: int = 0  # devices the account had: complete_login prunes only when at the limit
     ip_claim: str | None = None  # the IP-throttle key whose claim complete_login releases
+    locked_until: float | None = None  # set when this attempt locked the account (not a device)
 
     def __bool__(self) -> bool:
         return self.reason is None and self.user is not None
@@ -248,6 +258,14 @@ class UserHandler:
     # --- registration and passwords -------------------------------------------------------------
     normalize_username = staticmethod(normalize_username)
 
+    async def check_new_email(self, email: str) -> EmailAddress:
+        """The normalized address of a new account or an address change, once no other account
+        uses it (as its address or as its username). Raises InvalidEmailError, EmailInUseError."""
+        address = normalize_email(email)
+        if await queries.email_key_holder(self._db, address.key) is not None:
+            raise EmailInUseError("another account already uses this email address")
+        return address
+
     async def check_new_username(self, username: str) -> str:
         """The normalized name of a new account, once the look-alike rules accept it.
 
@@ -267,6 +285,11 @@ class UserHandler:
     def _exists(name: str, holder: Row) -> UserExistsError:
         if holder["username"] == name:
             return UserExistsError(f"an account named {name!r} already exists")
+        if holder["email_key"] == name:
+            return UserExistsError(
+                f"{name!r} is another account's email address, which logs in as that account; "
+                "choose another username"
+            )
         return UserExistsError(
             f"an account whose name looks like {name!r} already exists: names that look alike "
             "(Unicode TR 39 confusables, accents ignored) cannot both be used; choose another username"
@@ -301,32 +324,51 @@ class UserHandler:
         *,
         must_change_password: bool = False,
         actor_user_id: int | None = None,
+        email: str | None = None,
     ) -> User:
         """Insert an account in ``tx``; UserExistsError when its normalized username, or one that
-        looks like it (:func:`fundaments.usernames.lookalike_key`), is taken; InvalidUsernameError
-        when it mixes scripts."""
+        looks like it (:func:`fundaments.usernames.lookalike_key`), is taken; EmailInUseError when
+        its address is; InvalidUsernameError when it mixes scripts, InvalidEmailError for an
+        address that is not one."""
         name = normalize_username(username)
         require_single_script(name)
+        address = normalize_email(email) if email is not None else None
         hasher = self._passwords.identify(password_hash)
         if hasher is None:
             raise InvalidPasswordHashError(
                 "password_hash is not a supported hash (prepare_password makes one)"
             )
         key = lookalike_key(name)
-        row = await queries.insert_user(tx, name, key, password_hash, must_change_password, self._clock.now())
+        row = await queries.insert_user(
+            tx,
+            name,
+            key,
+            password_hash,
+            must_change_password,
+            self._clock.now(),
+            address.address if address else None,
+            address.key if address else None,
+        )
         if row is None:
             holder = await queries.name_holder(tx, name, key)
-            if holder is None:  # the conflicting account was deleted in between: still taken now
-                raise UserExistsError(f"an account named {name!r} already exists")
-            raise self._exists(name, holder)
-        user = _user(row)
+            if holder is not None:
+                raise self._exists(name, holder)
+            if address is not None and await queries.email_key_holder(tx, address.key) is not None:
+                raise EmailInUseError("another account already uses this email address")
+            # the conflicting account was deleted in between: still taken now
+            raise UserExistsError(f"an account named {name!r} already exists")
+        user = _user(row, self._clock.now())
         await self._audit.record(
             "user.registered",
             tx=tx,
             actor_user_id=actor_user_id,
             subject_user_id=user.id,
             username=name,
-            details={"hash_algorithm": hasher.algorithm, "must_change_password": must_change_password},
+            details={
+                "hash_algorithm": hasher.algorithm,
+                "must_change_password": must_change_password,
+                "email": address is not None,
+            },
         )
         return user
 
@@ -416,10 +458,11 @@ class UserHandler:
         *,
         actor_user_id: int | None = None,
         must_change: bool = False,
+        via: str | None = None,
     ) -> None:
         """Store a new hash; bumps the privilege epoch and sets must_change_password as given
-        (cleared by default: the owner chose it). Audited ``password.changed``, with ``set_by``
-        when another account set it."""
+        (cleared by default: the owner chose it). Audited ``password.changed``, with
+        ``set_by_administrator`` when another account set it and ``via`` (``"reset"``: a reset link)."""
         if self._passwords.identify(password_hash) is None:
             raise InvalidPasswordHashError(
                 "password_hash is not a supported hash (prepare_password makes one)"
@@ -427,12 +470,39 @@ class UserHandler:
         now = self._clock.now()
         if not await queries.set_password(tx, user_id, password_hash, now, must_change=must_change):
             raise UnknownUserError(f"no account has id {user_id}")
-        details = {"must_change": must_change}
+        details: dict[str, object] = {"must_change": must_change}
         if actor_user_id is not None and actor_user_id != user_id:
             details["set_by_administrator"] = True
+        if via is not None:
+            details["via"] = via
         await self._audit.record(
             "password.changed", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id, details=details
         )
+
+    async def set_email(
+        self, tx: Executor, user_id: int, address: EmailAddress | None, *, actor_user_id: int | None = None
+    ) -> None:
+        """Give the account ``address`` (unverified) or none, in ``tx``; audited ``email.changed``
+        (without the address: the audit trail keeps no contact data it does not need)."""
+        key = address.key if address else None
+        if not await queries.set_email(
+            tx, user_id, address.address if address else None, key, self._clock.now()
+        ):
+            raise UnknownUserError(f"no account has id {user_id}")
+        await self._audit.record(
+            "email.changed",
+            tx=tx,
+            actor_user_id=actor_user_id,
+            subject_user_id=user_id,
+            details={"removed": address is None},
+        )
+
+    async def mark_email_verified(self, tx: Executor, user_id: int, email_key: str) -> bool:
+        """Mark the account's address verified if it still is ``email_key``; audited ``email.verified``."""
+        if not await queries.mark_email_verified(tx, user_id, email_key, self._clock.now()):
+            return False
+        await self._audit.record("email.verified", tx=tx, actor_user_id=user_id, subject_user_id=user_id)
+        return True
 
     async def set_disabled(
         self, tx: Executor, user_id: int, disabled: bool, *, actor_user_id: int | None = None
@@ -453,27 +523,53 @@ class UserHandler:
         for a caller whose own event says why (an administrator's password reset)."""
         await queries.unlock_user(tx, user_id, self._clock.now())
 
-    async def unlock(self, user_id: int, *, actor_user_id: int | None = None) -> None:
-        """Clear the account's lock, failure count and backoff, and those of its devices."""
+    async def unlock(self, user_id: int, *, actor_user_id: int | None = None) -> bool:
+        """Clear the account's lock, failure count and backoff, and those of its devices; False
+        (nothing written, nothing audited) when neither the account nor a device of it is locked."""
         async with self._db.transaction() as tx:
-            if not await queries.unlock_user(tx, user_id, self._clock.now()):
+            now = self._clock.now()
+            locked = await queries.lock_state(tx, user_id, now)
+            if locked is None:
                 raise UnknownUserError(f"no account has id {user_id}")
+            if not locked:
+                return False
+            await queries.unlock_user(tx, user_id, now)
             await self._audit.record(
                 "account.unlocked", tx=tx, actor_user_id=actor_user_id, subject_user_id=user_id
             )
+        return True
+
+    async def delete(self, tx: Executor, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Delete the account in ``tx`` with its devices, roles and tokens (its sessions: the
+        caller ends them first, audited); ``user.deleted`` keeps its id and username."""
+        row = await queries.delete_user(tx, user_id)
+        if row is None:
+            raise UnknownUserError(f"no account has id {user_id}")
+        await self._audit.record(
+            "user.deleted",
+            tx=tx,
+            actor_user_id=actor_user_id,
+            subject_user_id=user_id,
+            username=row["username"],
+        )
 
     # --- reading --------------------------------------------------------------------------------
-    async def get(self, user_id: int) -> User | None:
-        row = await queries.user_by_id(self._db, user_id)
-        return None if row is None else _user(row)
+    async def _with_roles(self, db: Executor, row: Row | None) -> User | None:
+        if row is None:
+            return None
+        roles = await queries.role_names_of(db, [int(row["id"])])
+        return _user(row, self._clock.now(), roles.get(int(row["id"]), ()))
+
+    async def get(self, user_id: int, *, tx: Executor | None = None) -> User | None:
+        db = tx or self._db
+        return await self._with_roles(db, await queries.user_by_id(db, user_id))
 
     async def get_by_username(self, username: str) -> User | None:
         try:
             name = normalize_username(username)
         except InvalidUsernameError:
             return None
-        row = await queries.user_by_username(self._db, name)
-        return None if row is None else _user(row)
+        return await self._with_roles(self._db, await queries.user_by_username(self._db, name))
 
     async def usernames(self, user_ids: Iterable[int]) -> dict[int, str]:
         """The username of each existing account among ``user_ids``, in one query per 500 ids."""
@@ -484,10 +580,35 @@ class UserHandler:
             found.update((int(row["id"]), str(row["username"])) for row in rows)
         return found
 
-    async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[User]:
+    async def get_by_email(self, email: str) -> User | None:
+        key = email_key_or_none(email)
+        if key is None:
+            return None
+        return await self._with_roles(self._db, await queries.user_by_email_key(self._db, key))
+
+    async def list(
+        self, limit: int = 100, *, after_id: int = 0, search: str | None = None
+    ) -> builtins.list[User]:
+        """Accounts in id order after ``after_id``, ``limit`` (at most 1,000) of them; ``search``
+        matches part of the username or address, case-insensitively. Two queries whatever the page."""
         limit = max(0, min(int(limit), 1000))
-        rows = await queries.list_users(self._db, limit, max(0, int(offset)))
-        return [_user(row) for row in rows]
+        needle = (
+            unicodedata.normalize("NFKC", search).casefold().strip()[:MAX_USERNAME_LENGTH] if search else None
+        )
+        rows = await queries.list_users(self._db, limit, max(0, int(after_id)), needle or None)
+        roles = await queries.role_names_of(self._db, [int(row["id"]) for row in rows])
+        now = self._clock.now()
+        return [_user(row, now, roles.get(int(row["id"]), ())) for row in rows]
+
+    async def list_from_offset(self, limit: int, offset: int) -> builtins.list[User]:
+        """The first wave's ``offset`` paging, kept for callers of it: walks the keys to ``offset``."""
+        after_id = 0
+        while offset > 0:
+            step = await self.list(min(offset, 1000), after_id=after_id)
+            if not step:
+                return []
+            after_id, offset = step[-1].id, offset - len(step)
+        return await self.list(limit, after_id=after_id)
 
     # --- the credential half of a login ---------------------------------------------------------
     async def authenticate(self, username: str, password: str, ctx: RequestContext) -> CredentialCheck:
@@ -501,6 +622,12 @@ class UserHandler:
         except InvalidUsernameError:
             name = None
         audit_name = name if name is not None else _printable(username)
+        email_key = ""  # "" is no one's address
+        login_with = self._settings.login_with
+        if login_with != "username" and isinstance(username, str) and "@" in username:
+            email_key = email_key_or_none(username) or ""
+        if login_with == "email":
+            name = None
         ctx = RequestContext.coerce(ctx)
         typed: object = password  # untrusted input: a non-string never matches
         password = typed if isinstance(typed, str) else ""
@@ -508,7 +635,7 @@ class UserHandler:
         verified = self.verification_count
         try:
             with self._passwords.pool.reserve():
-                check = await self._authenticate(name, audit_name, password, ctx)
+                check = await self._authenticate(name, email_key, audit_name, password, ctx)
         except HashingBusyError:
             await self._record_refusal(LoginFailure.BUSY, audit_name, None, ctx)
             return CredentialCheck(None, LoginFailure.BUSY, audit_name)
@@ -525,7 +652,7 @@ class UserHandler:
         return check
 
     async def _authenticate(
-        self, name: str | None, audit_name: str, password: str, ctx: RequestContext
+        self, name: str | None, email_key: str, audit_name: str, password: str, ctx: RequestContext
     ) -> CredentialCheck:
         now = self._clock.now()
         ip_key = throttle_key(ctx.ip_address)
@@ -535,7 +662,7 @@ class UserHandler:
         # One read answers every gate: the IP's open window, the account ("" is no one's name) and
         # whether the device cookie presented is a live one of that account.
         row = await queries.login_gate(
-            self._db, name or "", ip_key, now - window, presented, now - DEVICE_IDLE_SECONDS
+            self._db, name or "", ip_key, now - window, presented, now - DEVICE_IDLE_SECONDS, email_key
         )
         device_hash = presented if row["device_hash"] is not None else None
         # A known device of this account passes the IP throttle: on a shared address (an office
@@ -544,7 +671,7 @@ class UserHandler:
             await self._record_refusal(LoginFailure.THROTTLED, audit_name, None, ctx)
             return CredentialCheck(None, LoginFailure.THROTTLED, audit_name)
 
-        user = _user(row) if row["id"] is not None else None
+        user = _user(row, now) if row["id"] is not None else None
         stored: str | None = row["password_hash"] if user is not None else None
         claim: Row | None = None
         throttled = False
@@ -597,8 +724,13 @@ class UserHandler:
 
         matched, upgraded = await verification
         if not matched:
-            await self._record_failure(audit_name, user.id, ctx, claim, device=device_hash is not None)
-            return CredentialCheck(user, LoginFailure.INVALID_CREDENTIALS, audit_name)
+            locked = await self._record_failure(
+                audit_name, user.id, ctx, claim, device=device_hash is not None
+            )
+            locked_until = float(claim["locked_until"]) if locked and device_hash is None else None
+            return CredentialCheck(
+                user, LoginFailure.INVALID_CREDENTIALS, audit_name, locked_until=locked_until
+            )
 
         ip_claim = ip_key if device_hash is None else None
         if user.is_disabled:
@@ -668,6 +800,7 @@ class UserHandler:
         now = self._clock.now()
         if check.ip_claim is not None:  # the right password is not a failure of this IP
             await queries.release_ip_attempt(tx, check.ip_claim)
+        await queries.record_login(tx, user_id, now)
         if check.device_hash is None:
             # A login through a device cookie leaves the account's own counter alone: resetting it
             # would hand an attacker, who cannot use that cookie, a fresh set of guesses.
@@ -702,13 +835,14 @@ class UserHandler:
     # --- failure bookkeeping --------------------------------------------------------------------
     async def _record_failure(
         self, username: str, user_id: int | None, ctx: RequestContext, claim: Row | None, *, device: bool
-    ) -> None:
-        """A wrong password (counted by its claims already): audit it, with the lock it caused."""
+    ) -> bool:
+        """A wrong password (counted by its claims already): audit it, with the lock it caused
+        (whether it caused one)."""
         async with self._db.transaction() as tx:
             await self._audit_failure(
                 tx, LoginFailure.INVALID_CREDENTIALS, username, user_id, ctx, device=device
             )
-            await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
+            return await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
 
     async def _audit_lock(
         self,

@@ -1,4 +1,4 @@
-"""Accounts, roles, sessions and the audit trail: ``users``, ``roles``, ``sessions``, ``audit``."""
+"""Accounts, sessions and the audit trail: ``users``, ``sessions``, ``audit`` (roles: roles.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from fundaments.cli.common import (
     progress_bar,
     read_password,
     resolve_user,
-    roles_app,
     sessions_app,
     timestamp,
     users_app,
@@ -48,25 +47,29 @@ MAX_SHOWN_NAME = 64  # characters of a rejected row's username echoed back
 @users_app.command("list")
 def users_list(
     limit: int = typer.Option(100, min=1, max=1000, help="How many accounts."),
-    offset: int = typer.Option(0, min=0, help="Skip this many first."),
+    after: int = typer.Option(0, min=0, help="Accounts with ids above this one (the last id of a page)."),
+    search: str | None = typer.Option(None, help="Only accounts whose username or address contains this."),
 ) -> None:
-    """Accounts in id order, with their roles and state."""
+    """Accounts in id order, with their state (disabled, locked), address and roles."""
+    from fundaments.cli.users import account_state  # users.py registers commands on import too
 
     async def work(security: Security) -> None:
-        users = await security.list_users(limit=limit, offset=offset)
+        users = await security.list_users(limit=limit, after_id=after, search=search)
         table = Table(show_header=True, header_style="bold")
-        for name in ("id", "username", "state", "roles", "created"):
+        for name in ("id", "username", "state", "email", "roles", "last login"):
             table.add_column(name)
         for user in users:
-            roles = await security.user_roles(user.id)
-            state = "disabled" if user.is_disabled else "active"
-            if user.must_change_password:
-                state += ", must change password"
             table.add_row(
-                str(user.id), escape(user.username), state, ", ".join(roles), timestamp(user.created_at)
+                str(user.id),
+                escape(user.username),
+                account_state(user),
+                escape(user.email or ""),
+                ", ".join(user.roles),
+                timestamp(user.last_login_at),
             )
         out.print(table)
-        out.print(f"{len(users)} account(s)")
+        more = f"; next page: --after {users[-1].id}" if len(users) == limit else ""
+        out.print(f"{len(users)} account(s){more}")
 
     with_security(work)
 
@@ -81,13 +84,14 @@ def users_create(
     must_change_password: bool = typer.Option(
         False, "--must-change-password", help="Ask for a new password at the first login."
     ),
+    email: str | None = typer.Option(None, "--email", help="The account's email address (for recovery)."),
 ) -> None:
     """Create an account; the password comes from a hidden prompt or --password-stdin, never argv."""
     password = read_password(password_stdin)
 
     async def work(security: Security) -> None:
         user = await security.register_user(
-            username, password, roles=role or (), must_change_password=must_change_password
+            username, password, roles=role or (), must_change_password=must_change_password, email=email
         )
         out.print(
             f"created account #{user.id} {escape(user.username)}"
@@ -127,8 +131,37 @@ def users_unlock(user: str = typer.Argument(..., help="Username or id.")) -> Non
 
     async def work(security: Security) -> None:
         account = await resolve_user(security, user)
-        await security.unlock_user(account.id)
-        out.print(f"unlocked {escape(account.username)} (#{account.id})")
+        if await security.unlock_user(account.id):
+            out.print(f"unlocked {escape(account.username)} (#{account.id})")
+        else:
+            out.print(f"{escape(account.username)} (#{account.id}) was not locked: nothing changed")
+
+    with_security(work)
+
+
+@users_app.command("set-password")
+def users_set_password(
+    user: str = typer.Argument(..., help="Username or id."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
+    no_must_change: bool = typer.Option(
+        False, "--no-must-change", help="Do not ask the owner for a new password at the next login."
+    ),
+) -> None:
+    """Set an account's password without the old one (an administrator's reset).
+
+    The password comes from a hidden prompt (asked twice) or --password-stdin, never argv. The
+    policy applies; the account is unlocked and every session of it ends. Unless --no-must-change,
+    the owner must choose a new password at the next login.
+    """
+
+    async def work(security: Security) -> None:
+        account = await resolve_user(security, user)  # before the prompt: a typo costs no typing
+        password = read_password(password_stdin, label="New password")
+        await security.set_password(account.id, password, must_change=not no_must_change)
+        out.print(
+            f"password of {escape(account.username)} (#{account.id}) set; every session ended"
+            + ("" if no_must_change else "; a new one must be chosen at the next login")
+        )
 
     with_security(work)
 
@@ -196,84 +229,6 @@ def users_import(
     out.print(f"imported {imported} account(s), rejected {len(rejected)}")
     if rejected:
         raise typer.Exit(1)
-
-
-# --- roles -----------------------------------------------------------------------------------------
-
-
-@roles_app.command("list")
-def roles_list() -> None:
-    """Every role with its own permissions and parents."""
-
-    async def work(security: Security) -> None:
-        table = Table(show_header=True, header_style="bold")
-        for name in ("role", "permissions", "inherits", "description"):
-            table.add_column(name, overflow="fold")
-        for role in await security.list_roles():
-            table.add_row(
-                escape(role.name),
-                escape(", ".join(role.permissions)),
-                escape(", ".join(role.inherits)),
-                escape(role.description or ""),
-            )
-        out.print(table)
-
-    with_security(work)
-
-
-@roles_app.command("create")
-def roles_create(
-    name: str = typer.Argument(..., help="The role's name."),
-    permission: Annotated[
-        list[str] | None,
-        typer.Option("--permission", "-p", help="A permission, e.g. reports:read (repeatable)."),
-    ] = None,
-    inherits: Annotated[
-        list[str] | None, typer.Option("--inherits", help="A parent role (repeatable).")
-    ] = None,
-    description: str | None = typer.Option(None, "--description", help="What the role is for."),
-) -> None:
-    """Create a role."""
-
-    async def work(security: Security) -> None:
-        role = await security.create_role(name, permission or (), inherits or (), description)
-        out.print(f"created role {escape(role.name)}")
-
-    with_security(work)
-
-
-@roles_app.command("grant")
-def roles_grant(
-    user: str = typer.Argument(..., help="Username or id."),
-    role: str = typer.Argument(..., help="Role name."),
-) -> None:
-    """Grant a role to an account (its sessions rotate at their next request)."""
-
-    async def work(security: Security) -> None:
-        account = await resolve_user(security, user)
-        if await security.grant_role(account.id, role):
-            out.print(f"granted {escape(role)} to {escape(account.username)} (#{account.id})")
-        else:
-            out.print(f"{escape(account.username)} (#{account.id}) already held {escape(role)}")
-
-    with_security(work)
-
-
-@roles_app.command("revoke")
-def roles_revoke(
-    user: str = typer.Argument(..., help="Username or id."),
-    role: str = typer.Argument(..., help="Role name."),
-) -> None:
-    """Revoke a role from an account."""
-
-    async def work(security: Security) -> None:
-        account = await resolve_user(security, user)
-        if await security.revoke_role(account.id, role):
-            out.print(f"revoked {escape(role)} from {escape(account.username)} (#{account.id})")
-        else:
-            out.print(f"{escape(account.username)} (#{account.id}) did not hold {escape(role)}")
-
-    with_security(work)
 
 
 # --- sessions --------------------------------------------------------------------------------------

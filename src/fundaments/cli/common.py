@@ -32,10 +32,13 @@ app = typer.Typer(help="fundaments: the admin command.", add_completion=False, *
 config_app = typer.Typer(help="Inspect the configuration.", **TYPER_OPTIONS)
 db_app = typer.Typer(help="Database schema migrations.", **TYPER_OPTIONS)
 keys_app = typer.Typer(help="Encryption keys: generate, re-encrypt stored values.", **TYPER_OPTIONS)
-users_app = typer.Typer(help="Accounts: list, create, disable, enable, unlock, import.", **TYPER_OPTIONS)
-roles_app = typer.Typer(help="Roles: list, create, grant, revoke.", **TYPER_OPTIONS)
+users_app = typer.Typer(
+    help="Accounts: list, create, set-password, disable, enable, unlock, import.", **TYPER_OPTIONS
+)
+roles_app = typer.Typer(help="Roles: list, create, edit, delete, grant, revoke.", **TYPER_OPTIONS)
 sessions_app = typer.Typer(help="Live sessions: list and revoke.", **TYPER_OPTIONS)
 audit_app = typer.Typer(help="The audit trail: tail and verify.", **TYPER_OPTIONS)
+mail_app = typer.Typer(help="Mail delivery: send a test mail.", **TYPER_OPTIONS)
 for _sub, _name in (
     (config_app, "config"),
     (db_app, "db"),
@@ -44,6 +47,7 @@ for _sub, _name in (
     (roles_app, "roles"),
     (sessions_app, "sessions"),
     (audit_app, "audit"),
+    (mail_app, "mail"),
 ):
     app.add_typer(_sub, name=_name)
 
@@ -133,15 +137,28 @@ async def resolve_user(security: Security, ref: str) -> User:
     return user
 
 
-def read_password(from_stdin: bool, *, confirm: bool = True) -> str:
+def read_password(from_stdin: bool, *, confirm: bool = True, label: str = "Password") -> str:
     """A password from the first line of stdin or a hidden prompt; never from argv."""
     if from_stdin:
         line = sys.stdin.readline().rstrip("\r\n")
         if not line:
             raise fail("--password-stdin: stdin held no password")
         return line
-    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    try:
+        password: str = typer.prompt(label, hide_input=True, confirmation_prompt=confirm)
+    except typer.Abort:  # end of input at the prompt, or Ctrl-C
+        raise fail("no password given (use --password-stdin when stdin is not a terminal)") from None
     return password
+
+
+def confirm(question: str, *, hint: str = "pass --yes to skip this question") -> None:
+    """Ask ``question`` (default no); CommandError unless the answer is yes."""
+    try:
+        agreed = typer.confirm(question, default=False)
+    except typer.Abort:  # end of input: nobody answered
+        agreed = False
+    if not agreed:
+        raise CommandError(f"not confirmed: nothing was changed ({hint})")
 
 
 def timestamp(value: float | None) -> str:

@@ -1,7 +1,7 @@
 """Layer 1: configuration and secrets. The only module that reads the environment."""
 
 from fundaments.config.database import DatabaseURL, mask_dsn, parse_database_url
-from fundaments.config.local_setup import ensure_env_keys, generate_keys
+from fundaments.config.local_setup import ensure_env_keys, fresh_start_problem, generate_keys, state_locations
 from fundaments.config.logs import RedactionFilter, configure_logging
 from fundaments.config.settings import (
     DEFAULT_DATABASE_URL,
@@ -22,8 +22,10 @@ __all__ = [
     "describe",
     "ensure_env_keys",
     "env_file_path",
+    "fresh_start_problem",
     "generate_keys",
     "load_settings",
     "mask_dsn",
     "parse_database_url",
+    "state_locations",
 ]

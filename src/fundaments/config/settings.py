@@ -187,6 +187,18 @@ class Settings(BaseSettings):
     session_touch_interval: int = Field(default=60, ge=0)  # seconds
     session_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
+    # --- account lifecycle and recovery ---------------------------------------------------------
+    # what a login name may be: the username, the account's email address, or either
+    login_with: Literal["username", "email", "username_or_email"] = "username_or_email"
+    password_reset_ttl: int = Field(default=1800, ge=60, le=86_400)  # seconds a reset link lives
+    email_verification_ttl: int = Field(default=172_800, ge=300, le=30 * 86_400)  # 48 h
+    reset_requests_per_address: int = Field(default=3, ge=1, le=1000)  # per window, per address
+    reset_requests_per_ip: int = Field(default=20, ge=1, le=100_000)  # per window, per client IP
+    reset_request_window: int = Field(default=3600, ge=60, le=86_400)  # seconds
+    # every reset request answers after this long, whatever the address (no enumeration by timing)
+    reset_request_seconds: float = Field(default=0.25, ge=0.0, le=10.0)
+    notify_new_device_login: bool = False  # mail the owner when a login comes from a new device
+
     # --- access control -------------------------------------------------------------------------
     rbac_default_roles: bool = True  # first start creates `admin` (*) and `member` (nothing)
     rbac_refresh_seconds: float = Field(default=0.5, ge=0.05, le=60)  # poll for changes by other instances

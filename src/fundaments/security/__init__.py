@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fundaments.access_control import ROLE_NAME_RULE
 from fundaments.audit import ChainVerification
+from fundaments.mail import MailStatus
 from fundaments.models import (
     MAX_IP_LENGTH,
     AuditEvent,
@@ -28,6 +29,8 @@ from fundaments.security.administration import AdministrationPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
+from fundaments.security.mail import MailPart
+from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
 from fundaments.store.reencrypt import ReencryptReport
 
@@ -43,6 +46,7 @@ __all__ = [
     "ChainVerification",
     "LoginFailure",
     "LoginResult",
+    "MailStatus",
     "ReencryptReport",
     "RequestContext",
     "Role",
@@ -53,7 +57,15 @@ __all__ = [
 
 
 class Security(
-    AccountsPart, AdministrationPart, SessionsPart, AccessPart, EncryptionPart, AuditPart, KeyRotationPart
+    AccountsPart,
+    AdministrationPart,
+    RecoveryPart,
+    SessionsPart,
+    AccessPart,
+    EncryptionPart,
+    AuditPart,
+    KeyRotationPart,
+    MailPart,
 ):
     """One object for every security action. Build it with ``initialize_fundaments()``.
 

@@ -12,12 +12,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fundaments.access_control import AccessControl
+from fundaments.account_tokens import AccountTokens
 from fundaments.audit import AuditTrail
 from fundaments.config import Settings
 from fundaments.encryption import EncryptionService
 from fundaments.errors import InvalidArgument, ServiceUnavailable
+from fundaments.mail import Mailer
+from fundaments.models import RequestContext
+from fundaments.security import notices
 from fundaments.sessions import SessionManager
-from fundaments.store import Database, Transaction
+from fundaments.store import Database, Executor, Transaction
 from fundaments.user_handler import UserHandler
 
 CORE_SERVICES = ("user_handler", "sessions", "access_control")
@@ -62,6 +66,8 @@ class SecurityCore:
         self._audit: AuditTrail | None = services.get("audit")
         self._db: Database | None = services.get("db")
         self._settings: Settings | None = services.get("config")
+        self._mail: Mailer | None = services.get("mail")
+        self._tokens: AccountTokens | None = services.get("account_tokens")
 
     @property
     def encryption_available(self) -> bool:
@@ -86,3 +92,40 @@ class SecurityCore:
 
     def _transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._require_db().transaction()
+
+    def _require_settings(self) -> Settings:
+        if self._settings is None:
+            raise ServiceUnavailable("no settings: build Security with initialize_fundaments()")
+        return self._settings
+
+    def _require_mail(self) -> Mailer:
+        if self._mail is None:
+            raise ServiceUnavailable("mail is not running: build Security with initialize_fundaments()")
+        return self._mail
+
+    def _require_tokens(self) -> AccountTokens:
+        if self._tokens is None:
+            raise ServiceUnavailable(
+                "account tokens are not running: build Security with initialize_fundaments()"
+            )
+        return self._tokens
+
+    def _now(self) -> float:
+        return self._require_tokens().now()
+
+    async def _notify(self, tx: Executor, to: str | None, notice: notices.Notice) -> None:
+        """Queue a notice to the account's address in ``tx``; nothing without an address or mail."""
+        if to is not None and self._mail is not None:
+            await self._mail.enqueue(tx, notice.kind, to, notice.subject, notice.text, notice.html)
+
+    async def _notify_password_changed(
+        self, tx: Executor, user_id: int, ctx: RequestContext | None, *, by_administrator: bool
+    ) -> None:
+        user = await self._users.get(user_id, tx=tx)
+        if user is None or user.email is None or self._settings is None:
+            return
+        ip = ctx.ip_address if ctx is not None else None
+        notice = notices.password_changed(
+            self._settings, user.username, self._now(), ip, by_administrator=by_administrator
+        )
+        await self._notify(tx, user.email, notice)

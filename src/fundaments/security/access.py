@@ -63,10 +63,6 @@ class AccessPart(SecurityCore):
             name, permissions, inherits, description, actor_user_id=actor_user_id
         )
 
-    async def role_holder_count(self, name: str) -> int:
-        """How many accounts hold the role directly (what deleting it would revoke)."""
-        return await self._access.role_holder_count(name)
-
     async def delete_role(self, name: str, *, actor_user_id: int | None = None) -> None:
         """Delete a role: revoked from its holders, removed from roles inheriting it."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
@@ -127,6 +123,11 @@ class AccessPart(SecurityCore):
         """The user's effective permissions (wildcards as granted); empty while disabled."""
         user_id = user_id_argument(user_id)
         return await self._access.user_permissions(user_id)
+
+    async def role_holders(self, name: str) -> tuple[int, int]:
+        """(accounts holding the role directly, accounts affected by a change to it: directly or
+        through a role inheriting it); RoleError for an unknown role."""
+        return await self._access.role_holders(name)
 
     async def list_roles(self) -> list[Role]:
         """Every role with its own permissions and parents, sorted by name."""

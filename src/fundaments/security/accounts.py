@@ -8,6 +8,7 @@ from typing import Any
 
 from fundaments.errors import AuthenticationError, InvalidArgument, PasswordPolicyError, UnknownUserError
 from fundaments.models import LoginResult, RequestContext, Session, User
+from fundaments.security import notices
 from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
 
 
@@ -23,9 +24,20 @@ class AccountsPart(SecurityCore):
         """The account with this username (compared in normalized form), or None."""
         return await self._users.get_by_username(username)
 
-    async def list_users(self, *, limit: int = 100, offset: int = 0) -> list[User]:
-        """Accounts in id order, ``limit`` (at most 1,000) from ``offset``."""
-        return await self._users.list(limit, offset)
+    async def get_user_by_email(self, email: str) -> User | None:
+        """The account with this email address (compared case-insensitively), or None."""
+        return await self._users.get_by_email(email)
+
+    async def list_users(
+        self, *, limit: int = 100, after_id: int = 0, search: str | None = None, offset: int = 0
+    ) -> list[User]:
+        """Accounts in id order, ``limit`` (at most 1,000) with ids above ``after_id``: pass the
+        last id of one page to get the next (keyset pagination, as fast on page 1,000 as on page
+        one). ``search`` keeps accounts whose username or address contains it, case-insensitively.
+        ``offset`` is the first wave's paging, still accepted; prefer ``after_id``."""
+        if offset:
+            return await self._users.list_from_offset(limit, max(0, int(offset)))
+        return await self._users.list(limit, after_id=after_id, search=search)
 
     async def usernames(self, user_ids: Iterable[int]) -> dict[int, str]:
         """The username of each existing account among ``user_ids`` (unknown ids are left out), in
@@ -41,6 +53,7 @@ class AccountsPart(SecurityCore):
         roles: Iterable[str] = (),
         must_change_password: bool = False,
         actor_user_id: int | None = None,
+        email: str | None = None,
     ) -> User:
         """Create an account, with its initial roles, in one transaction.
 
@@ -49,7 +62,8 @@ class AccountsPart(SecurityCore):
         is and upgraded at the first login). Raises PasswordPolicyError, InvalidUsernameError,
         InvalidPasswordHashError, UserExistsError (also for a username that only differs in case
         or Unicode form, or looks like a taken one: ``аdmin`` with a Cyrillic а beside ``admin``)
-        or RoleError; nothing is written then. InvalidUsernameError also refuses a name mixing
+        or RoleError, InvalidEmailError or EmailInUseError for ``email`` (optional, unverified
+        until :meth:`verify_email`); nothing is written then. InvalidUsernameError also refuses a name mixing
         scripts (docs/accounts.md, "Look-alike usernames").
         """
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
@@ -60,6 +74,8 @@ class AccountsPart(SecurityCore):
             actor_user_id, "create an account with these roles", roles=role_names
         )
         await self._users.check_new_username(username)  # before hashing: a refused name costs no hash
+        if email is not None:
+            await self._users.check_new_email(email)
         if password is not None:
             encoded = await self._users.prepare_password(password, username=username)
         else:
@@ -67,7 +83,12 @@ class AccountsPart(SecurityCore):
             encoded = self._users.validate_imported_hash(password_hash)
         async with self._transaction() as tx:
             user = await self._users.create(
-                tx, username, encoded, must_change_password=must_change_password, actor_user_id=actor_user_id
+                tx,
+                username,
+                encoded,
+                must_change_password=must_change_password,
+                actor_user_id=actor_user_id,
+                email=email,
             )
             for role in role_names:
                 await self._access.grant_role(user.id, role, actor_user_id=actor_user_id, tx=tx)
@@ -89,23 +110,43 @@ class AccountsPart(SecurityCore):
         ctx = RequestContext.coerce(request_data)
         check = await self._users.authenticate(username, password, ctx)  # throttle, lock, verify
         if not check:
+            if check.locked_until is not None and check.user is not None and check.user.email:
+                async with self._transaction() as tx:  # the owner learns of the lock (ASVS 6.3.7)
+                    notice = notices.account_locked(
+                        self._require_settings(),
+                        check.user.username,
+                        check.locked_until,
+                        self._now(),
+                        ctx.ip_address,
+                    )
+                    await self._notify(tx, check.user.email, notice)
             return LoginResult(reason=check.reason)
         assert check.user is not None
         async with self._transaction() as tx:  # everything a success changes, or nothing
             device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
             session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
+            settings = self._require_settings()
+            if (
+                settings.notify_new_device_login
+                and check.device_hash is None
+                and check.devices
+                and check.user.email
+            ):
+                notice = notices.new_device_login(settings, check.user.username, self._now(), ctx.ip_address)
+                await self._notify(tx, check.user.email, notice)
             await self._require_audit().record(
                 "login.succeeded",
                 tx=tx,
                 actor_user_id=check.user.id,
                 subject_user_id=check.user.id,
-                username=check.username,
+                username=check.user.username,
                 ip_address=ctx.ip_address,
                 user_agent=ctx.user_agent,
                 session_id=session.id,
                 details={"hash_upgraded": check.upgraded_hash is not None},
             )
-        return LoginResult(user=check.user, session=session, device_token=device_token)
+            user = await self._users.get(check.user.id, tx=tx) or check.user  # roles, last login
+        return LoginResult(user=user, session=session, device_token=device_token)
 
     async def change_password(
         self,
@@ -158,5 +199,6 @@ class AccountsPart(SecurityCore):
                 user_id, tx=tx, except_session_id=current.id if current else None, reason="password_changed"
             )
             rotated = await self._sessions.rotate(tx, current.id) if current else None
+            await self._notify_password_changed(tx, user_id, ctx, by_administrator=False)
         self._sessions.invalidate_cache()
         return rotated

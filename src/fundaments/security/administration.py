@@ -13,7 +13,7 @@ from fundaments.security._core import SecurityCore, optional_user_id, user_id_ar
 
 
 class AdministrationPart(SecurityCore):
-    """Disable, enable, unlock, set a password."""
+    """Disable, enable, unlock, set a password, delete."""
 
     async def disable_user(self, user_id: int, *, actor_user_id: int | None = None) -> int:
         """Disable an account: it cannot log in, every session ends at once and its permission
@@ -39,12 +39,31 @@ class AdministrationPart(SecurityCore):
             await self._access.invalidate_user(tx, user_id)
             await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
 
-    async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
-        """Clear the account's lock, failure count and backoff (audited ``account.unlocked``)."""
+    async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> bool:
+        """Clear the account's lock, failure count and backoff, and its devices' (audited
+        ``account.unlocked``). False, with nothing written or audited, when neither the account
+        nor any of its devices was locked: a no-op is not reported as an unlock."""
         user_id = user_id_argument(user_id)
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
         await self._access.require_delegation(actor_user_id, "unlock this account", subject_user_id=user_id)
-        await self._users.unlock(user_id, actor_user_id=actor_user_id)
+        return await self._users.unlock(user_id, actor_user_id=actor_user_id)
+
+    async def delete_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
+        """Delete an account for good: its sessions end (audited), and its roles, device cookies
+        and reset/verification tokens go in the same transaction. The audit trail keeps the id and
+        the username (``user.deleted``); the id is never given to another account. Refused with
+        LastAdministratorError for the last enabled administrator, PermissionDenied when the actor
+        lacks a permission the account holds; UnknownUserError when there is no such account."""
+        user_id = user_id_argument(user_id)
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        await self._access.require_delegation(actor_user_id, "delete this account", subject_user_id=user_id)
+        async with self._transaction() as tx:
+            await self._access.invalidate_user(tx, user_id)  # first: the RBAC lock, then the user row
+            administrators = await self._access.administrators(tx)
+            await self._sessions.revoke_all(user_id, tx=tx, reason="user_deleted")
+            await self._users.delete(tx, user_id, actor_user_id=actor_user_id)
+            await self._access.keep_an_administrator(tx, administrators)
+        self._sessions.invalidate_cache()
 
     async def set_password(
         self,
@@ -75,4 +94,7 @@ class AdministrationPart(SecurityCore):
             )
             await self._users.clear_lock(tx, user_id)
             await self._sessions.revoke_all(user_id, tx=tx, reason="password_set")
+            await self._notify_password_changed(
+                tx, user_id, None, by_administrator=actor_user_id is not None and actor_user_id != user_id
+            )
         self._sessions.invalidate_cache()

@@ -88,3 +88,17 @@ async def counts(db: Executor) -> tuple[int, int]:
     )
     assert row is not None
     return int(row["waiting"]), int(row["failed"])
+
+
+async def status(db: Executor, mail_id: int, kind: str, recipient: str) -> Row | None:
+    """The outbox row of a waiting or given-up mail; None once it was sent (its row is deleted).
+
+    ``kind`` and ``recipient`` must match too: SQLite may reuse the id of a deleted newest row.
+    """
+    return await db.fetchrow(
+        "SELECT attempts, next_attempt_at, last_error, failed_at FROM fundaments_mail_outbox "
+        "WHERE id = $1 AND kind = $2 AND recipient = $3",
+        mail_id,
+        kind,
+        recipient,
+    )

@@ -199,6 +199,21 @@ async def bump_privilege_epochs_of_role(tx: Executor, role: int) -> int:
     )
 
 
+async def count_holders(db: Executor, role: int) -> tuple[int, int]:
+    """(accounts holding ``role`` directly, accounts holding it or a role inheriting it)."""
+    row = await db.fetchrow(
+        "SELECT count(DISTINCT CASE WHEN ur.role_id = $1 THEN ur.user_id END) AS direct, "
+        "count(DISTINCT ur.user_id) AS affected FROM fundaments_user_roles ur WHERE ur.role_id IN ("
+        "WITH RECURSIVE heirs(id) AS ("
+        " SELECT CAST($1 AS bigint)"
+        " UNION SELECT ri.role_id FROM fundaments_role_inherits ri JOIN heirs h ON ri.parent_id = h.id"
+        ") SELECT id FROM heirs)",
+        role,
+    )
+    assert row is not None
+    return int(row["direct"]), int(row["affected"])
+
+
 async def active_holders(db: Executor, role_id: int, limit: int) -> list[int]:
     """Ids of up to ``limit`` enabled accounts holding ``role_id`` directly."""
     rows = await db.fetch(
@@ -208,8 +223,3 @@ async def active_holders(db: Executor, role_id: int, limit: int) -> list[int]:
         limit,
     )
     return [int(r["user_id"]) for r in rows]
-
-
-async def holder_count(db: Executor, role_id: int) -> int:
-    """How many accounts (enabled or not) hold ``role_id`` directly."""
-    return int(await db.fetchval("SELECT count(*) FROM fundaments_user_roles WHERE role_id = $1", role_id))

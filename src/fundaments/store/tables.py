@@ -71,6 +71,15 @@ users = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Column("password_changed_at", Timestamp, nullable=False),
+    # Revision 0004: the address as given (email-validator's normalized form) and its lookup key
+    # (casefolded): unique, so one address belongs to one account whatever its case.
+    Column("email", String(254), nullable=True),
+    Column("email_key", String(254), nullable=True, unique=True),
+    Column("email_verified", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    Column("last_login_at", Timestamp, nullable=True),
+    # AUTOINCREMENT on SQLite (0004): a deleted account's id is never given to a new one, so
+    # audit events, logs and other systems that name the old id never point at someone else.
+    sqlite_autoincrement=True,
 )
 
 devices = Table(  # OWASP device cookies: a known device is not blocked by others' failures
@@ -91,6 +100,28 @@ ip_throttle = Table(
     Column("ip_address", String(64), primary_key=True),
     Column("window_start", Timestamp, nullable=False),
     Column("failures", Integer, nullable=False, server_default="0"),
+)
+
+account_tokens = Table(  # single-use password-reset and email-verification tokens (0004)
+    f"{PREFIX}account_tokens",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),  # SHA-256 of the token; never the token
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), nullable=False, index=True),
+    Column("purpose", String(32), nullable=False),  # password_reset | email_verification
+    # A digest of what the token is bound to (the password hash for a reset, the address for a
+    # verification): a token dies when that changes, without a write to find it.
+    Column("binding", LargeBinary(32), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+)
+Index(f"ix_{PREFIX}account_tokens_expires_at", account_tokens.c.expires_at)
+
+request_throttle = Table(  # fixed windows per key: password-reset requests per address and per IP
+    f"{PREFIX}request_throttle",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("window_start", Timestamp, nullable=False),
+    Column("count", Integer, nullable=False, server_default="0"),
 )
 
 # --- sessions (issue: sessions) -------------------------------------------------------------------
@@ -189,5 +220,6 @@ mail_outbox = Table(  # mails waiting to be sent: written in the transaction tha
     Column("claimed_until", Timestamp, nullable=True),  # a sender's lease: a crashed one's expires
     Column("last_error", String(500), nullable=True),
     Column("failed_at", Timestamp, nullable=True),  # given up on after the last retry (kept, not sent)
+    sqlite_autoincrement=True,  # 0004: an id names the mail's .eml file; never reused
 )
 Index(f"ix_{PREFIX}mail_outbox_due", mail_outbox.c.failed_at, mail_outbox.c.next_attempt_at)

@@ -11,6 +11,12 @@ from fundaments.store.base import Executor, Row
 
 # --- users ---------------------------------------------------------------------------------------
 
+# What every read of an account returns (fundaments.models.User without its roles).
+USER_COLUMNS = (
+    "id, username, is_disabled, must_change_password, created_at, email, email_verified, "
+    "locked_until, last_login_at"
+)
+
 
 async def insert_user(
     tx: Executor,
@@ -19,31 +25,41 @@ async def insert_user(
     password_hash: str,
     must_change_password: bool,
     now: float,
+    email: str | None = None,
+    email_key: str | None = None,
 ) -> Row | None:
-    """The new account's row, or None when its username or look-alike key is taken.
+    """The new account's row, or None when its username, look-alike key or address is taken — an
+    address counts as taken by an account named so too, and a username by an account with that
+    address, so that a login name means one account whatever ``LOGIN_WITH`` allows.
 
     ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL alike) rather than a failing statement:
     a PostgreSQL transaction survives it, and the caller says which name is taken.
     """
     return await tx.fetchrow(
-        "INSERT INTO fundaments_users (username, username_skeleton, password_hash, is_disabled, "
+        "INSERT INTO fundaments_users (username, username_skeleton, password_hash, is_disabled, "  # noqa: S608 - USER_COLUMNS is a constant
         "must_change_password, failed_attempts, lock_count, privilege_epoch, created_at, updated_at, "
-        "password_changed_at) "
-        "VALUES ($1, $2, $3, FALSE, $4, 0, 0, 0, $5, $5, $5) ON CONFLICT DO NOTHING "
-        "RETURNING id, username, is_disabled, must_change_password, created_at",
+        "password_changed_at, email, email_key, email_verified) "
+        "SELECT $1::varchar, $2, $3, FALSE, $4, 0, 0, 0, $5, $5, $5, $6::varchar, $7::varchar, FALSE "
+        "WHERE NOT EXISTS (SELECT 1 FROM fundaments_users o WHERE o.email_key = $1::varchar "
+        "OR ($7::varchar IS NOT NULL AND o.username = $7::varchar)) "
+        f"ON CONFLICT DO NOTHING RETURNING {USER_COLUMNS}",
         username,
         lookalike_key,
         password_hash,
         must_change_password,
         now,
+        email,
+        email_key,
     )
 
 
 async def name_holder(db: Executor, username: str, lookalike_key: str) -> Row | None:
-    """The account holding ``username`` or, failing that, ``lookalike_key``: (id, username)."""
+    """The account holding ``username``, or failing that ``lookalike_key``, or having ``username``
+    as its address: (id, username, email_key)."""
     return await db.fetchrow(
-        "SELECT id, username FROM fundaments_users WHERE username = $1 OR username_skeleton = $2 "
-        "ORDER BY CASE WHEN username = $1 THEN 0 ELSE 1 END LIMIT 1",
+        "SELECT id, username, email_key FROM fundaments_users "
+        "WHERE username = $1 OR username_skeleton = $2 OR email_key = $1 "
+        "ORDER BY CASE WHEN username = $1 THEN 0 WHEN username_skeleton = $2 THEN 1 ELSE 2 END LIMIT 1",
         username,
         lookalike_key,
     )
@@ -76,19 +92,11 @@ async def lookalike_key_holder(db: Executor, lookalike_key: str) -> int | None:
 
 
 async def user_by_id(db: Executor, user_id: int) -> Row | None:
-    return await db.fetchrow(
-        "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
-        "WHERE id = $1",
-        user_id,
-    )
+    return await db.fetchrow(f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE id = $1", user_id)  # noqa: S608 - USER_COLUMNS is a constant of this module
 
 
 async def user_by_username(db: Executor, username: str) -> Row | None:
-    return await db.fetchrow(
-        "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
-        "WHERE username = $1",
-        username,
-    )
+    return await db.fetchrow(f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE username = $1", username)  # noqa: S608 - USER_COLUMNS is a constant of this module
 
 
 async def usernames(db: Executor, user_ids: list[int]) -> list[Row]:
@@ -102,13 +110,90 @@ async def usernames(db: Executor, user_ids: list[int]) -> list[Row]:
     )
 
 
-async def list_users(db: Executor, limit: int, offset: int) -> list[Row]:
+async def user_by_email_key(db: Executor, email_key: str) -> Row | None:
+    return await db.fetchrow(f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE email_key = $1", email_key)  # noqa: S608 - USER_COLUMNS is a constant of this module
+
+
+def _like_pattern(text: str) -> str:
+    """``text`` as a LIKE pattern matching it anywhere, its own ``%``, ``_`` and ``\\`` literal."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_users(db: Executor, limit: int, after_id: int, search: str | None = None) -> list[Row]:
+    """Accounts in id order after ``after_id`` (keyset pagination); ``search`` matches anywhere in
+    the (normalized) username or the address, case-insensitively."""
+    if not search:
+        return await db.fetch(
+            f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE id > $1 ORDER BY id LIMIT $2",  # noqa: S608 - USER_COLUMNS is a constant of this module
+            after_id,
+            limit,
+        )
     return await db.fetch(
-        "SELECT id, username, is_disabled, must_change_password, created_at FROM fundaments_users "
-        "ORDER BY id LIMIT $1 OFFSET $2",
+        f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE id > $1 "  # noqa: S608 - USER_COLUMNS is a constant of this module
+        "AND (username LIKE $3 ESCAPE '\\' OR email_key LIKE $3 ESCAPE '\\') ORDER BY id LIMIT $2",
+        after_id,
         limit,
-        offset,
+        _like_pattern(search),
     )
+
+
+async def role_names_of(db: Executor, user_ids: list[int]) -> dict[int, list[str]]:
+    """The role names each of ``user_ids`` holds directly, in one query (ids are parameters)."""
+    if not user_ids:
+        return {}
+    marks = ", ".join(f"${i}" for i in range(1, len(user_ids) + 1))
+    rows = await db.fetch(
+        "SELECT ur.user_id, r.name FROM fundaments_user_roles ur "  # noqa: S608 - placeholders only
+        f"JOIN fundaments_roles r ON r.id = ur.role_id WHERE ur.user_id IN ({marks}) ORDER BY r.name",
+        *user_ids,
+    )
+    found: dict[int, list[str]] = {}
+    for row in rows:
+        found.setdefault(int(row["user_id"]), []).append(row["name"])
+    return found
+
+
+async def set_email(tx: Executor, user_id: int, email: str | None, email_key: str | None, now: float) -> bool:
+    """Give an account an address (unverified) or none; False when the account does not exist.
+
+    The caller checks beforehand that no other account holds ``email_key``; the unique index
+    refuses a race (the transaction fails).
+    """
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET email = $2, email_key = $3, email_verified = FALSE, updated_at = $4 "
+        "WHERE id = $1",
+        user_id,
+        email,
+        email_key,
+        now,
+    )
+    return changed > 0
+
+
+async def mark_email_verified(tx: Executor, user_id: int, email_key: str, now: float) -> bool:
+    """Mark the address verified if it is still ``email_key``."""
+    changed = await tx.execute(
+        "UPDATE fundaments_users SET email_verified = TRUE, updated_at = $3 WHERE id = $1 AND email_key = $2",
+        user_id,
+        email_key,
+        now,
+    )
+    return changed > 0
+
+
+async def email_key_holder(db: Executor, email_key: str) -> int | None:
+    """The account whose address, or whose username, is ``email_key`` (one name, one account)."""
+    value = await db.fetchval(
+        "SELECT id FROM fundaments_users WHERE email_key = $1 OR username = $1 LIMIT 1", email_key
+    )
+    return None if value is None else int(value)
+
+
+async def delete_user(tx: Executor, user_id: int) -> Row | None:
+    """Delete an account; its sessions, devices, roles and tokens go with it (their foreign keys
+    are ON DELETE CASCADE, enforced on both databases). The deleted row's id and username, or None."""
+    return await tx.fetchrow("DELETE FROM fundaments_users WHERE id = $1 RETURNING id, username", user_id)
 
 
 async def login_gate(
@@ -118,16 +203,20 @@ async def login_gate(
     window_open_after: float,
     device_hash: bytes | None,
     device_used_after: float,
+    email_key: str = "",
 ) -> Row:
     """In one read: the client IP's failures in its open window (``ip_failures``, NULL for none),
-    the account a login names (``id`` NULL when there is none) and whether ``device_hash`` is a
-    device cookie of that account used since ``device_used_after`` (``device_hash`` NULL if not)."""
+    the account a login names by username or by ``email_key`` (``id`` NULL when there is none;
+    "" is no one's) and whether ``device_hash`` is a device cookie of that account used since
+    ``device_used_after`` (``device_hash`` NULL if not). No address equals another account's
+    username (:func:`email_key_holder`), so at most one account matches."""
     row = await db.fetchrow(
         "SELECT t.failures AS ip_failures, u.id, u.username, u.is_disabled, u.must_change_password, "
-        "u.created_at, u.password_hash, d.token_hash AS device_hash, "
+        "u.created_at, u.email, u.email_verified, u.locked_until, u.last_login_at, "
+        "u.password_hash, d.token_hash AS device_hash, "
         "(SELECT COUNT(*) FROM fundaments_devices c WHERE c.user_id = u.id) AS devices "
         "FROM (SELECT 1 AS one) AS g "
-        "LEFT JOIN fundaments_users u ON u.username = $1 "
+        "LEFT JOIN fundaments_users u ON (u.username = $1 OR u.email_key = $6) "
         "LEFT JOIN fundaments_ip_throttle t ON t.ip_address = $2 AND t.window_start > $3::float8 "
         "LEFT JOIN fundaments_devices d ON d.token_hash = $4::bytea AND d.user_id = u.id "
         "AND d.last_used_at >= $5::float8",
@@ -136,6 +225,7 @@ async def login_gate(
         window_open_after,
         device_hash,
         device_used_after,
+        email_key,
     )
     assert row is not None
     return row
@@ -215,6 +305,10 @@ async def release_device_attempt(tx: Executor, token_hash: bytes) -> None:
     )
 
 
+async def record_login(tx: Executor, user_id: int, now: float) -> None:
+    await tx.execute("UPDATE fundaments_users SET last_login_at = $2 WHERE id = $1", user_id, now)
+
+
 async def reset_user_failures(tx: Executor, user_id: int, now: float) -> None:
     await tx.execute(
         "UPDATE fundaments_users SET failed_attempts = 0, lock_count = 0, locked_until = NULL, "
@@ -235,6 +329,22 @@ async def replace_hash(tx: Executor, user_id: int, old_hash: str, new_hash: str,
         now,
     )
     return changed > 0
+
+
+async def lock_state(tx: Executor, user_id: int, now: float) -> bool | None:
+    """Whether the account or one of its devices is locked at ``now``; None: no such account.
+    Locks the account's row (PostgreSQL) so that a concurrent unlock waits and then finds it clear."""
+    locked_until = await tx.fetchrow(
+        "SELECT locked_until FROM fundaments_users WHERE id = $1 FOR UPDATE", user_id
+    )
+    if locked_until is None:
+        return None
+    if locked_until["locked_until"] is not None and locked_until["locked_until"] > now:
+        return True
+    device = await tx.fetchval(
+        "SELECT 1 FROM fundaments_devices WHERE user_id = $1 AND locked_until > $2 LIMIT 1", user_id, now
+    )
+    return device is not None
 
 
 async def unlock_user(tx: Executor, user_id: int, now: float) -> bool:
