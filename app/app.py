@@ -26,6 +26,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.admin_audit import AuditPages
+from app.admin_roles import RolePages
+from app.admin_users import UserPages
 from app.console import HERE, Console, Redirect
 from app.recovery_pages import RecoveryPages, hide_link_tokens
 from app.secrets_store import SecretStore
@@ -44,7 +47,13 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
     data_dir = data_dir if data_dir is not None else Path("var")
     data_dir.mkdir(mode=0o700, exist_ok=True)
     secrets = SecretStore(data_dir / "console.db")
-    console = Console(fundaments.security, secrets, fundaments.settings.app_name)
+    settings = fundaments.settings
+    console = Console(
+        fundaments.security,
+        secrets,
+        settings.app_name,
+        password_lengths=(settings.password_min_length, settings.password_max_length),
+    )
 
     async def health(_request: Request) -> JSONResponse:
         # Anonymous: says only whether the console can serve, not which services run (issue 14).
@@ -103,6 +112,7 @@ def build_app(fundaments: Fundaments, data_dir: Path | None = None) -> Starlette
 
 def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
     """The console's route table (tests read it: every admin POST must refuse a non-admin)."""
+    users, roles, audit = UserPages(console), RolePages(console), AuditPages(console)
     return [
         Route("/", console.home),
         Route("/health", health),
@@ -118,14 +128,22 @@ def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
         Route("/secrets", console.secrets_page, methods=["GET"]),
         Route("/secrets", console.secrets_store, methods=["POST"]),
         Route("/secrets/reveal", console.secrets_reveal, methods=["POST"]),
+        Route("/secrets/delete", console.secrets_delete_page, methods=["GET"]),
         Route("/secrets/delete", console.secrets_delete, methods=["POST"]),
         Route("/admin/users", console.users_page, methods=["GET"]),
         Route("/admin/users", console.users_create, methods=["POST"]),
-        Route("/admin/users/{user_id:int}/{action}", console.users_action, methods=["POST"]),
-        Route("/admin/roles", console.roles_page, methods=["GET"]),
-        Route("/admin/roles", console.roles_create, methods=["POST"]),
-        Route("/admin/audit", console.audit_page),
-        Route("/admin/audit/verify", console.audit_verify_all, methods=["POST"]),
+        Route("/admin/users/{user_id:int}", users.detail, methods=["GET"]),
+        Route("/admin/users/{user_id:int}/{action}", users.confirm_page, methods=["GET"]),
+        Route("/admin/users/{user_id:int}/{action}", users.action, methods=["POST"]),
+        Route("/admin/roles", roles.page, methods=["GET"]),
+        Route("/admin/roles", roles.create, methods=["POST"]),
+        Route("/admin/roles/{name}", roles.edit_page, methods=["GET"]),
+        Route("/admin/roles/{name}/permissions", roles.set_permissions, methods=["POST"]),
+        Route("/admin/roles/{name}/inherits", roles.set_inherits, methods=["POST"]),
+        Route("/admin/roles/{name}/delete", roles.delete_page, methods=["GET"]),
+        Route("/admin/roles/{name}/delete", roles.delete, methods=["POST"]),
+        Route("/admin/audit", audit.page),
+        Route("/admin/audit/verify", audit.verify_all, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from app.confirm import confirmation_page, confirmed, to_confirmation
 from app.secrets_store import MAX_NAME, MAX_VALUE, SecretStore, secret_context
 from fundaments.errors import (
     AuthenticationError,
     DecryptionError,
     FundamentsError,
-    InvalidArgument,
+    LastAdministratorError,
     PasswordPolicyError,
     PermissionDenied,
     RateLimited,
     ServiceUnavailable,
-    UnknownUserError,
 )
 from fundaments.security import LoginFailure, Security, User
 from fundaments.web import authenticated_user, csrf_token, get_context, login, logout, use_rotated_session
@@ -62,9 +61,10 @@ def refuse_nul(value: str, name: str) -> str:
 HERE = Path(__file__).parent
 LOGIN_FAILED = "Invalid username or password."  # every failure reason, a locked account included
 PASSWORDS_DIFFER = "The two new passwords do not match."
+NOTHING_DELETED = "There is no secret by that name; nothing was deleted."
+REPLACE_HINT = "To replace it, tick “Replace the stored secret of that name” and store it again."
 
 USERS_PERMISSION = "console:users"
-USER_ACTIONS = ("disable", "enable", "unlock", "grant", "revoke")  # /admin/users/<id>/<action>
 ROLES_PERMISSION = "console:roles"
 AUDIT_PERMISSION = "console:audit"
 
@@ -81,6 +81,11 @@ MESSAGES = {
     "role_granted": "The role was granted.",
     "role_revoked": "The role was revoked.",
     "role_created": "The role was created.",
+    "role_updated": "The role was changed.",
+    "role_unchanged": "The role already had those permissions and parents; nothing changed.",
+    "role_deleted": "The role was deleted and revoked from every account holding it.",
+    "password_set": "The password was set and every session of the account ended.",
+    "user_session_ended": "The session was signed out.",
     "logged_out": "You are signed out.",
     # Nothing changed: said as such, never as a success (issue 14).
     "no_other_sessions": "There was no other session to sign out.",
@@ -96,12 +101,16 @@ UNCHANGED = frozenset(  # shown as a warning, not a success
         "user_already_enabled",
         "role_already_held",
         "role_not_held",
+        "role_unchanged",
     }
 )
 
 
-def _refusal_status(exc: FundamentsError) -> int:
-    """403 for a change the actor may not make (delegation), else 400 (bad input, unknown name)."""
+def refusal_status(exc: FundamentsError) -> int:
+    """409 for a change that would leave no administrator, 403 for one the actor may not make
+    (delegation), else 400 (bad input, unknown name)."""
+    if isinstance(exc, LastAdministratorError):
+        return 409
     return 403 if isinstance(exc, PermissionDenied) else 400
 
 
@@ -144,10 +153,18 @@ def _fields(form: FormData, name: str, max_length: int = 1024) -> list[str]:
 
 
 class Console:
-    def __init__(self, security: Security, secrets: SecretStore, app_name: str) -> None:
+    def __init__(
+        self,
+        security: Security,
+        secrets: SecretStore,
+        app_name: str,
+        *,
+        password_lengths: tuple[int, int] = (15, 1024),  # PASSWORD_MIN_LENGTH, PASSWORD_MAX_LENGTH
+    ) -> None:
         self.security = security
         self.secrets = secrets
         self.app_name = app_name
+        self.password_lengths = password_lengths
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -172,6 +189,8 @@ class Console:
             nav=nav,
             csrf=csrf_token(request),
             app_name=self.app_name,
+            password_min=self.password_lengths[0],  # the policy's, for hints and minlength
+            password_max=self.password_lengths[1],
             message=message,
             message_class="warn" if key in UNCHANGED else "ok",
             path=request.url.path,
@@ -320,6 +339,11 @@ class Console:
             envelope = self.security.encrypt_data(value, context=secret_context(user.id, name))
         except ServiceUnavailable:
             return await self.secrets_page(request, status=503, error="Encryption is not configured.")
+        # Asks first: replacing needs the "replace" box, else nothing changes (the value is not
+        # sent back into the page: the user enters it again).
+        if self.secrets.get(user.id, name) is not None and form.get("replace") != "yes":
+            error = "A secret of that name is stored already; nothing was changed. " + REPLACE_HINT
+            return await self.secrets_page(request, status=409, error=error, existing=name)
         self.secrets.put(user.id, name, envelope)
         return RedirectResponse("/secrets?m=secret_stored", 303)
 
@@ -336,12 +360,34 @@ class Console:
             return await self.secrets_page(request, status=500, error="That secret cannot be decrypted.")
         return await self.secrets_page(request, revealed={"name": name, "value": value})
 
+    async def secrets_delete_page(self, request: Request) -> Response:
+        """GET: what deleting the secret means, and the form that does it."""
+        user = await self.signed_in(request)
+        name = refuse_nul(request.query_params.get("name", "")[:MAX_NAME], "name")
+        if self.secrets.get(user.id, name) is None:
+            return await self.secrets_page(request, status=404, error=NOTHING_DELETED)
+        return await confirmation_page(
+            self,
+            request,
+            title="Delete this secret?",
+            consequences=[
+                f"The secret “{name}” and its encrypted value are deleted.",
+                "This cannot be undone: the value cannot be revealed again.",
+            ],
+            action="/secrets/delete",
+            fields={"name": name},
+            button="Delete the secret",
+            cancel="/secrets",
+        )
+
     async def secrets_delete(self, request: Request) -> Response:
         user = await self.signed_in(request)
         form = await request.form()
-        if not self.secrets.delete(user.id, _field(form, "name", MAX_NAME)):
-            error = "There is no secret by that name; nothing was deleted."
-            return await self.secrets_page(request, status=404, error=error)
+        name = _field(form, "name", MAX_NAME)
+        if not confirmed(form):
+            return to_confirmation("/secrets/delete", {"name": name})
+        if not self.secrets.delete(user.id, name):
+            return await self.secrets_page(request, status=404, error=NOTHING_DELETED)
         return RedirectResponse("/secrets?m=secret_deleted", 303)
 
     # --- administration ------------------------------------------------------------------------
@@ -365,116 +411,5 @@ class Console:
                 actor_user_id=actor.id,
             )
         except FundamentsError as exc:  # policy, taken name, bad role: the message says which
-            return await self.users_page(request, status=_refusal_status(exc), error=str(exc))
+            return await self.users_page(request, status=refusal_status(exc), error=str(exc))
         return RedirectResponse("/admin/users?m=user_created", 303)
-
-    async def users_action(self, request: Request) -> Response:
-        actor = await self.signed_in(request, USERS_PERMISSION)
-        form = await request.form()
-        action = request.path_params["action"]
-        if action not in USER_ACTIONS:
-            raise HTTPException(404)
-        user_id: int = request.path_params["user_id"]  # the route's int convertor: ASCII digits
-        try:
-            done = await self._user_action(actor, action, user_id, form)
-        except FundamentsError as exc:  # unknown user or role, a refused change: the message says which
-            return await self.users_page(request, status=_refusal_status(exc), error=str(exc))
-        return RedirectResponse(f"/admin/users?m={done}", 303)
-
-    async def _user_action(self, actor: User, action: str, user_id: int, form: FormData) -> str:
-        """Do ``action`` to the account; the key of the message saying what happened (or that nothing did)."""
-        if action in ("grant", "revoke"):
-            change = self.security.grant_role if action == "grant" else self.security.revoke_role
-            changed = await change(user_id, _field(form, "role", 64), actor_user_id=actor.id)
-            if action == "grant":
-                return "role_granted" if changed else "role_already_held"
-            return "role_revoked" if changed else "role_not_held"
-        if action == "unlock":
-            await self.security.unlock_user(user_id, actor_user_id=actor.id)
-            return "user_unlocked"
-        target = await self.security.get_user(user_id)
-        if target is None:
-            raise UnknownUserError(f"no account has id {user_id}")
-        if action == "disable":
-            if user_id == actor.id:
-                raise InvalidArgument("You cannot disable yourself.")
-            if target.is_disabled:
-                return "user_already_disabled"
-            await self.security.disable_user(user_id, actor_user_id=actor.id)
-            return "user_disabled"
-        if not target.is_disabled:
-            return "user_already_enabled"
-        await self.security.enable_user(user_id, actor_user_id=actor.id)
-        return "user_enabled"
-
-    async def roles_page(self, request: Request, *, status: int = 200, error: str | None = None) -> Response:
-        await self.signed_in(request, ROLES_PERMISSION)
-        return await self.render(
-            request, "admin_roles.html", status, roles=await self.security.list_roles(), error=error
-        )
-
-    async def roles_create(self, request: Request) -> Response:
-        actor = await self.signed_in(request, ROLES_PERMISSION)
-        form = await request.form()
-        split = _field(form, "permissions", 10_000).replace(",", " ").split()
-        inherits = _field(form, "inherits", 2_000).replace(",", " ").split()
-        try:
-            await self.security.create_role(
-                _field(form, "name", 64).strip(),
-                split,
-                inherits,
-                _field(form, "description", 500).strip() or None,
-                actor_user_id=actor.id,
-            )
-        except FundamentsError as exc:
-            return await self.roles_page(request, status=_refusal_status(exc), error=str(exc))
-        return RedirectResponse("/admin/roles?m=role_created", 303)
-
-    async def audit_page(self, request: Request) -> Response:
-        user = await self.signed_in(request, AUDIT_PERMISSION)
-        query = request.query_params
-        filters = _audit_filters(query)
-        events = await self.security.audit_events(
-            user_id=filters["user_id"], kind=filters["kind"], since=filters["since"], limit=filters["limit"]
-        )
-        # Incremental: only the events since the last verification are hashed, off the event loop.
-        chain = await self.security.verify_audit_chain()
-        return await self.render(
-            request,
-            "admin_audit.html",
-            events=events,
-            chain=chain,
-            full=self.security.last_full_audit_verification,
-            can_verify_all=await self.security.check_permission(user.id, AUDIT_VERIFY_PERMISSION),
-            filters=filters,
-            raw=dict(query),
-        )
-
-    async def audit_verify_all(self, request: Request) -> Response:
-        """POST: re-verify every event and checkpoint MAC (seconds at a million events)."""
-        await self.signed_in(request, AUDIT_VERIFY_PERMISSION)
-        await self.security.verify_audit_chain(full=True)
-        return RedirectResponse("/admin/audit", 303)
-
-
-AUDIT_VERIFY_PERMISSION = "console:audit:verify"  # the full re-verification: admins (*) by default
-
-
-def _audit_filters(query: Mapping[str, str]) -> dict[str, Any]:
-    def number(name: str) -> int | None:
-        return ascii_number(query.get(name, ""))
-
-    since = None
-    day = query.get("since", "").strip()
-    if day:
-        try:
-            since = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
-        except ValueError:
-            since = None
-    kind = refuse_nul(query.get("kind", "").strip()[:64], "kind") or None
-    return {
-        "user_id": number("user_id"),
-        "kind": kind,
-        "since": since,
-        "limit": min(number("limit") or 100, 1000),
-    }

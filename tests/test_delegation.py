@@ -188,7 +188,7 @@ async def test_a_console_user_admin_cannot_make_itself_admin_or_disable_the_admi
         assert grant.status_code == 403 and "does not hold *" in grant.text
         create = await browser.post("/admin/users", username="mallory", password=PASSWORD, roles="admin")
         assert create.status_code == 403
-        disable = await browser.post(f"/admin/users/{root.id}/disable")
+        disable = await browser.post(f"/admin/users/{root.id}/disable", confirmed="yes")
         assert disable.status_code == 403
         assert await security.user_roles(helpdesk.id) == ["user-admin"]
         assert await security.get_user_by_username("mallory") is None

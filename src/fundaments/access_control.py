@@ -43,6 +43,10 @@ MAX_USER_ID = 2**63 - 1  # BIGINT
 MAX_CACHED_USERS = 100_000  # beyond this the oldest entries are dropped (a cold check costs ~0.1 ms)
 
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+ROLE_NAME_RULE = (  # _ROLE_NAME in words, for error messages and forms
+    f"use 1 to {MAX_ROLE_NAME} characters, lowercase letters, digits, '_', '-' or '.', "
+    "starting with a letter (for example 'editor')"
+)
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _PERMISSION = re.compile(rf"\*|{_SEGMENT}(?::{_SEGMENT})*(?::\*)?")
 
@@ -63,10 +67,7 @@ def validate_role_name(name: object) -> str:
     if not isinstance(name, str):
         raise RoleError(f"a role name must be a string, not {type(name).__name__}")
     if not _ROLE_NAME.fullmatch(name):
-        raise RoleError(
-            f"invalid role name {_shown(name)}: use 1 to {MAX_ROLE_NAME} characters, lowercase letters, "
-            "digits, '_', '-' or '.', starting with a letter (for example 'editor')"
-        )
+        raise RoleError(f"invalid role name {_shown(name)}: {ROLE_NAME_RULE}")
     return str(name)
 
 
@@ -613,7 +614,7 @@ class AccessControl:
     async def _role_id(tx: Executor, name: str) -> int:
         role = await queries.role_id(tx, name)
         if role is None:
-            raise RoleError(f"unknown role {name!r}; create it first (create_role) or check the spelling")
+            raise RoleError(f"unknown role {name!r}: create it first or check the spelling")
         return role
 
     async def create_role(
@@ -656,6 +657,11 @@ class AccessControl:
             )
         self._changed(version, policy=True)  # nobody holds it yet: cached user sets stay valid
         return Role(name, granted, parents, description, now)
+
+    async def role_holder_count(self, name: Any) -> int:
+        """How many accounts hold the role directly; RoleError for an unknown role."""
+        name = validate_role_name(name)
+        return await queries.holder_count(self._db, await self._role_id(self._db, name))
 
     async def delete_role(self, name: Any, *, actor_user_id: Any = None) -> None:
         """Delete a role, revoking it from every holder and removing it from roles that inherit it."""

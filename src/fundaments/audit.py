@@ -461,11 +461,21 @@ class AuditTrail:
         *,
         user_id: int | None = None,
         kind: str | None = None,
+        kind_contains: str | None = None,
         since: float | None = None,
+        before_id: int | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        """Events, newest first, filtered by subject or actor user, kind and time."""
-        rows = await queries.events(self._db, user_id=user_id, kind=kind, since=since, limit=limit)
+        """Events, newest first, by subject or actor user, kind and time; older than ``before_id``."""
+        rows = await queries.events(
+            self._db,
+            user_id=user_id,
+            kind=kind,
+            kind_contains=kind_contains,
+            since=since,
+            before_id=before_id,
+            limit=limit,
+        )
         return [
             AuditEvent(
                 id=int(r["id"]),

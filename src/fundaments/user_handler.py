@@ -28,6 +28,7 @@ import statistics
 import time
 import unicodedata
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fundaments.audit import AuditTrail
@@ -65,6 +66,7 @@ IPV6_THROTTLE_PREFIX = 64  # one IPv6 client usually holds a whole /64
 IP_PRUNE_EVERY = 1_024  # IP claims between deletions of expired IP windows
 VERIFICATION_SAMPLES = 64  # recent verified wrong attempts' durations: how long a locked refusal takes
 MAX_DOUBLINGS = 40  # keeps the SQL shift (1 << lock_count) far inside 64 bits whatever the settings
+USERNAMES_PER_QUERY = 500  # ids per IN (...) list: far below both drivers' parameter limits
 LOOKALIKE_BACKFILL_BATCH = 500  # accounts per transaction when start() gives old rows their key
 LOOKALIKE_BACKFILL_TRIES = 3  # another instance backfilling the same rows at once: try the batch again
 
@@ -568,6 +570,15 @@ class UserHandler:
         except InvalidUsernameError:
             return None
         return await self._with_roles(self._db, await queries.user_by_username(self._db, name))
+
+    async def usernames(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """The username of each existing account among ``user_ids``, in one query per 500 ids."""
+        wanted = sorted(set(user_ids))
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), USERNAMES_PER_QUERY):
+            rows = await queries.usernames(self._db, wanted[start : start + USERNAMES_PER_QUERY])
+            found.update((int(row["id"]), str(row["username"])) for row in rows)
+        return found
 
     async def get_by_email(self, email: str) -> User | None:
         key = email_key_or_none(email)

@@ -9,6 +9,7 @@ hold no state of their own.
 
 from __future__ import annotations
 
+from fundaments.access_control import ROLE_NAME_RULE
 from fundaments.audit import ChainVerification
 from fundaments.mail import MailStatus
 from fundaments.models import (
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_AUDIT_PAGE",
     "MAX_IP_LENGTH",
     "MAX_SESSION_ID",
+    "ROLE_NAME_RULE",
     "AuditEvent",
     "ChainVerification",
     "LoginFailure",

@@ -5,8 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fundaments.access_control import validate_permission
 from fundaments.models import RequestContext, Role
 from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
+
+
+def _well_formed(permissions: Iterable[str]) -> Iterable[str]:
+    """RoleError for a malformed permission before the delegation check, which would call it one
+    the actor lacks (a 403 saying "does not hold" for what is a typo). A string is left to the
+    service, which refuses it as a whole."""
+    if isinstance(permissions, str | bytes):
+        return permissions
+    permissions = list(permissions)  # read once: it may be a generator
+    for permission in permissions:
+        validate_permission(permission)
+    return permissions
 
 
 class AccessPart(SecurityCore):
@@ -42,12 +55,17 @@ class AccessPart(SecurityCore):
     ) -> Role:
         """Create a role; RoleError for a bad or taken name, a bad permission or an unknown parent."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        permissions = _well_formed(permissions)
         await self._access.require_delegation(
             actor_user_id, "create a role", roles=list(inherits), permissions=list(permissions)
         )
         return await self._access.create_role(
             name, permissions, inherits, description, actor_user_id=actor_user_id
         )
+
+    async def role_holder_count(self, name: str) -> int:
+        """How many accounts hold the role directly (what deleting it would revoke)."""
+        return await self._access.role_holder_count(name)
 
     async def delete_role(self, name: str, *, actor_user_id: int | None = None) -> None:
         """Delete a role: revoked from its holders, removed from roles inheriting it."""
@@ -60,9 +78,9 @@ class AccessPart(SecurityCore):
     ) -> None:
         """Replace a role's own permissions."""
         actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
-        permissions = list(permissions)
+        permissions = _well_formed(permissions)  # a single string stays one, for the service to refuse
         await self._access.require_delegation(
-            actor_user_id, "change a role's permissions", roles=[name], permissions=permissions
+            actor_user_id, "change a role's permissions", roles=[name], permissions=list(permissions)
         )
         await self._access.set_role_permissions(name, permissions, actor_user_id=actor_user_id)
 

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from fundaments.audit import ChainVerification
 from fundaments.errors import InvalidArgument
 from fundaments.models import AuditEvent
-from fundaments.security._core import SecurityCore
+from fundaments.security._core import SecurityCore, text_argument
 
 MAX_AUDIT_PAGE = 10_000
+MAX_KIND = 64  # longer than any event kind
 
 
 class AuditPart(SecurityCore):
@@ -20,13 +21,30 @@ class AuditPart(SecurityCore):
         *,
         user_id: int | None = None,
         kind: str | None = None,
+        kind_contains: str | None = None,
         since: float | None = None,
+        before_id: int | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        """Audit events, newest first: about or by ``user_id``, of ``kind``, at or after ``since``."""
+        """Audit events, newest first: about or by ``user_id``, of ``kind`` (exactly) or with
+        ``kind_contains`` in it ("login" finds ``login.failed``; ``%`` and ``_`` match themselves),
+        at or after ``since``. The next page: ``before_id`` = the last event's id (keyset, no OFFSET)."""
         if not isinstance(limit, int) or not 1 <= limit <= MAX_AUDIT_PAGE:
             raise InvalidArgument(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
-        return await self._require_audit().events(user_id=user_id, kind=kind, since=since, limit=limit)
+        if before_id is not None and (
+            isinstance(before_id, bool) or not isinstance(before_id, int) or not 0 < before_id < 2**63
+        ):
+            raise InvalidArgument("before_id must be a positive integer (an AuditEvent.id)")
+        if kind_contains is not None:
+            kind_contains = text_argument(kind_contains, "kind_contains", MAX_KIND)
+        return await self._require_audit().events(
+            user_id=user_id,
+            kind=kind,
+            kind_contains=kind_contains,
+            since=since,
+            before_id=before_id,
+            limit=limit,
+        )
 
     async def verify_audit_chain(
         self, *, full: bool = False, progress: Callable[[int, int], object] | None = None

@@ -50,19 +50,31 @@ async def events(
     *,
     user_id: int | None = None,
     kind: str | None = None,
+    kind_contains: str | None = None,
     since: float | None = None,
+    before_id: int | None = None,
     limit: int = 100,
 ) -> list[Row]:
+    """Newest first; ``before_id`` pages by key (events older than that id), never by OFFSET."""
+    pattern = None if kind_contains is None else "%" + like_escaped(kind_contains) + "%"
     return await db.fetch(
         "SELECT * FROM fundaments_audit_events "
         "WHERE ($1::bigint IS NULL OR subject_user_id = $1 OR actor_user_id = $1) "
         "AND ($2::text IS NULL OR kind = $2) AND ($3::float8 IS NULL OR occurred_at >= $3) "
-        "ORDER BY id DESC LIMIT $4",
+        "AND ($4::text IS NULL OR kind LIKE $4 ESCAPE '\\') AND ($5::bigint IS NULL OR id < $5) "
+        "ORDER BY id DESC LIMIT $6",
         user_id,
         kind,
         since,
+        pattern,
+        before_id,
         limit,
     )
+
+
+def like_escaped(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern with ``ESCAPE '\\'``: %, _ and \\ escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # --- checkpoints -----------------------------------------------------------------------------------

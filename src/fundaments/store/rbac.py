@@ -223,3 +223,8 @@ async def active_holders(db: Executor, role_id: int, limit: int) -> list[int]:
         limit,
     )
     return [int(r["user_id"]) for r in rows]
+
+
+async def holder_count(db: Executor, role_id: int) -> int:
+    """How many accounts (enabled or not) hold ``role_id`` directly."""
+    return int(await db.fetchval("SELECT count(*) FROM fundaments_user_roles WHERE role_id = $1", role_id))

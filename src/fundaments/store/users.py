@@ -99,6 +99,17 @@ async def user_by_username(db: Executor, username: str) -> Row | None:
     return await db.fetchrow(f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE username = $1", username)  # noqa: S608 - USER_COLUMNS is a constant of this module
 
 
+async def usernames(db: Executor, user_ids: list[int]) -> list[Row]:
+    """(id, username) of the accounts among ``user_ids`` (at most a few hundred: one placeholder each)."""
+    if not user_ids:
+        return []
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(user_ids)))
+    return await db.fetch(
+        f"SELECT id, username FROM fundaments_users WHERE id IN ({placeholders})",  # noqa: S608 - placeholders only
+        *user_ids,
+    )
+
+
 async def user_by_email_key(db: Executor, email_key: str) -> Row | None:
     return await db.fetchrow(f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE email_key = $1", email_key)  # noqa: S608 - USER_COLUMNS is a constant of this module
 
