@@ -18,8 +18,8 @@ from app.console import PASSWORDS_DIFFER, USERS_PERMISSION, Console, _field, _se
 from fundaments.errors import FundamentsError, InvalidArgument, UnknownUserError
 from fundaments.security import MAX_SESSION_ID, User
 
-USER_ACTIONS = ("disable", "enable", "unlock", "grant", "revoke", "end-session", "password")
-CONFIRMED_ACTIONS = frozenset({"disable", "revoke", "end-session", "password"})  # destructive
+USER_ACTIONS = ("disable", "enable", "unlock", "grant", "revoke", "end-session", "password", "delete")
+CONFIRMED_ACTIONS = frozenset({"disable", "revoke", "end-session", "password", "delete"})  # destructive
 NOT_HELD = "The account does not hold that role; nothing to revoke."
 NO_SUCH_SESSION = "The account has no such session; nothing to sign out."
 CHOOSE_A_ROLE = "Choose a role to grant."
@@ -88,6 +88,16 @@ class UserPages:
                 action=path, fields={"session_id": session_id}, button="Sign out the session", cancel=back,
             )  # fmt: skip
         sessions = len(await security.list_sessions(target.id))
+        if action == "delete":
+            roles = ", ".join(target.roles) or "none"
+            return await confirmation_page(
+                self.console, request, title=f"Delete {target.username} for good?",
+                consequences=[f"{sessions} live session(s) end now; its roles ({roles}), remembered devices "
+                              "and reset links are removed.",
+                              "This cannot be undone. The audit trail keeps the account's id and name; "
+                              "the id is never given to another account."],
+                action=path, fields={}, button="Delete the account", cancel=back,
+            )  # fmt: skip
         return await confirmation_page(
             self.console, request, title=f"Disable {target.username}?",
             consequences=[f"{target.username} can no longer sign in; {sessions} live session(s) end now.",
@@ -129,8 +139,13 @@ class UserPages:
                 return "role_granted" if changed else "role_already_held"
             return "role_revoked" if changed else "role_not_held"
         if action == "unlock":
-            await security.unlock_user(user_id, actor_user_id=actor.id)
-            return "user_unlocked"
+            unlocked = await security.unlock_user(user_id, actor_user_id=actor.id)
+            return "user_unlocked" if unlocked else "user_not_locked"
+        if action == "delete":
+            if user_id == actor.id:
+                raise InvalidArgument("You cannot delete your own account here.")
+            await security.delete_user(user_id, actor_user_id=actor.id)
+            return "user_deleted"
         target = await security.get_user(user_id)
         if target is None:
             raise UnknownUserError(f"no account has id {user_id}")

@@ -12,6 +12,7 @@ import logging
 import math
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
@@ -65,6 +66,8 @@ NOTHING_DELETED = "There is no secret by that name; nothing was deleted."
 REPLACE_HINT = "To replace it, tick “Replace the stored secret of that name” and store it again."
 
 USERS_PERMISSION = "console:users"
+USERS_PAGE = 50  # accounts per page of the users list
+MAX_SEARCH = 100
 ROLES_PERMISSION = "console:roles"
 AUDIT_PERMISSION = "console:audit"
 
@@ -78,6 +81,7 @@ MESSAGES = {
     "user_disabled": "The account was disabled and its sessions ended.",
     "user_enabled": "The account was enabled.",
     "user_unlocked": "The account was unlocked.",
+    "user_deleted": "The account was deleted; its sessions ended. The audit trail keeps its id and name.",
     "role_granted": "The role was granted.",
     "role_revoked": "The role was revoked.",
     "role_created": "The role was created.",
@@ -91,6 +95,7 @@ MESSAGES = {
     "no_other_sessions": "There was no other session to sign out.",
     "user_already_disabled": "The account was already disabled; nothing changed.",
     "user_already_enabled": "The account was already enabled; nothing changed.",
+    "user_not_locked": "The account was not locked; nothing changed.",
     "role_already_held": "The account already had that role; nothing changed.",
     "role_not_held": "The account did not have that role; nothing changed.",
 }
@@ -99,6 +104,7 @@ UNCHANGED = frozenset(  # shown as a warning, not a success
         "no_other_sessions",
         "user_already_disabled",
         "user_already_enabled",
+        "user_not_locked",
         "role_already_held",
         "role_not_held",
         "role_unchanged",
@@ -393,10 +399,30 @@ class Console:
     # --- administration ------------------------------------------------------------------------
     async def users_page(self, request: Request, *, status: int = 200, error: str | None = None) -> Response:
         await self.signed_in(request, USERS_PERMISSION)
-        users = await self.security.list_users(limit=1000)
-        rows = [(u, await self.security.user_roles(u.id)) for u in users]
+        query = request.query_params
+        search = refuse_nul(query.get("q", "")[:MAX_SEARCH], "q").strip()
+        after = ascii_number(query.get("after", "0") or "0")
+        if after is None:
+            raise HTTPException(400, "The page link is not valid: after= must be an account id.")
+        users = await self.security.list_users(limit=USERS_PAGE + 1, after_id=after, search=search or None)
+        more, users = len(users) > USERS_PAGE, users[:USERS_PAGE]
+        next_page = None
+        if more:
+            page = {"q": search, "after": users[-1].id} if search else {"after": users[-1].id}
+            next_page = "/admin/users?" + urlencode(page)
+        rows = [(u, list(u.roles)) for u in users]  # every read carries the roles: no query per row
         roles = [r.name for r in await self.security.list_roles()]
-        return await self.render(request, "admin_users.html", status, rows=rows, roles=roles, error=error)
+        return await self.render(
+            request,
+            "admin_users.html",
+            status,
+            rows=rows,
+            roles=roles,
+            error=error,
+            search=search,
+            next_page=next_page,
+            first_page=after > 0,
+        )
 
     async def users_create(self, request: Request) -> Response:
         actor = await self.signed_in(request, USERS_PERMISSION)
@@ -409,6 +435,7 @@ class Console:
                 roles=roles,
                 must_change_password=form.get("must_change") == "on",
                 actor_user_id=actor.id,
+                email=_field(form, "email", 254).strip() or None,
             )
         except FundamentsError as exc:  # policy, taken name, bad role: the message says which
             return await self.users_page(request, status=refusal_status(exc), error=str(exc))
