@@ -30,6 +30,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(os.environ.get("FUNDAMENTS_E2E_SCREENSHOTS", REPO / "e2e-screenshots"))
 ADMIN_PASSWORD = "an operator's own long passphrase"
+CAROL_TEMPORARY = "a temporary passphrase from the admin 31"
 CAROL_PASSWORD = "she keeps a long private passphrase"
 DAVE_PASSWORD = "my first long passphrase here"
 DAVE_NEW_PASSWORD = "a fresh passphrase chosen later"
@@ -330,11 +331,39 @@ def test_console_scenario_in_chromium(server: Server, tmp_path: Path) -> None:
         assert "lock" not in other.text.lower()
         other.shot("10-locked-generic-message")
 
+        admin.open("/admin/users")  # the lock is visible, with an Unlock button on carol's row only
+        assert len(admin.driver.find_elements("css selector", ".lock-state")) == 1
+        assert len(admin.driver.find_elements("css selector", "button.unlock-user")) == 1
+        admin.open("/admin/users/2")  # carol: an administrator sets a temporary password
+        admin.fill(set_password=CAROL_TEMPORARY, set_password_again=CAROL_TEMPORARY)
+        admin.click("set-password-submit")
+        assert "The password was set" in admin.text
+        admin.shot("11-admin-set-password")
+        carol.open("/dashboard")
+        assert carol.path == "/login"  # every session of carol ended
+        carol.login("carol", CAROL_TEMPORARY)  # the lock was cleared; the change is forced
+        assert carol.path == "/password"
+        carol.fill(
+            current_password=CAROL_TEMPORARY, new_password=CAROL_PASSWORD, confirm_password=CAROL_PASSWORD
+        )
+        carol.click("change-password")
+        assert carol.path == "/dashboard"
+
         carol.click("logout")
         assert carol.path == "/login" and "You are signed out." in carol.text
         carol.open("/secrets")
         assert carol.path == "/login"
-        carol.shot("11-logged-out")
+        carol.shot("12-logged-out")
+
+        admin.open("/admin/users/2")  # deleting carol asks first, then does it
+        admin.click("button.delete-user", by="css selector")
+        assert "Delete carol for good?" in admin.text and "cannot be undone" in admin.text
+        admin.shot("13-confirm-delete")
+        admin.click("confirm")
+        assert "The account was deleted" in admin.text
+        assert not admin.driver.find_elements("link text", "carol")
+        carol.login("carol", CAROL_PASSWORD)
+        assert carol.path == "/login" and carol.driver.find_element("id", "error").text == GENERIC
     finally:
         for opened in browsers:
             opened.quit()
