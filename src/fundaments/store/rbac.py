@@ -182,6 +182,16 @@ async def bump_privilege_epoch(tx: Executor, user_id: int) -> None:
     )
 
 
+# Role $1 and every role inheriting it, however deep: UNION (not UNION ALL) ends the recursion on a
+# cycle stored before cycles were refused.
+HEIRS_OF_ROLE = (
+    "WITH RECURSIVE heirs(id) AS ("
+    " SELECT CAST($1 AS bigint)"
+    " UNION SELECT ri.role_id FROM fundaments_role_inherits ri JOIN heirs h ON ri.parent_id = h.id"
+    ") SELECT id FROM heirs"
+)
+
+
 async def bump_privilege_epochs_of_role(tx: Executor, role: int) -> int:
     """Bump the epoch of every holder of ``role`` or of a role inheriting it; how many users.
 
@@ -189,12 +199,9 @@ async def bump_privilege_epochs_of_role(tx: Executor, role: int) -> int:
     reports a row count for statements that do.
     """
     return await tx.execute(
-        "UPDATE fundaments_users SET privilege_epoch = privilege_epoch + 1 WHERE id IN ("
+        "UPDATE fundaments_users SET privilege_epoch = privilege_epoch + 1 WHERE id IN ("  # noqa: S608 - a constant
         "SELECT ur.user_id FROM fundaments_user_roles ur WHERE ur.role_id IN ("
-        "WITH RECURSIVE heirs(id) AS ("
-        " SELECT CAST($1 AS bigint)"
-        " UNION SELECT ri.role_id FROM fundaments_role_inherits ri JOIN heirs h ON ri.parent_id = h.id"
-        ") SELECT id FROM heirs))",
+        f"{HEIRS_OF_ROLE}))",
         role,
     )
 
@@ -202,12 +209,9 @@ async def bump_privilege_epochs_of_role(tx: Executor, role: int) -> int:
 async def count_holders(db: Executor, role: int) -> tuple[int, int]:
     """(accounts holding ``role`` directly, accounts holding it or a role inheriting it)."""
     row = await db.fetchrow(
-        "SELECT count(DISTINCT CASE WHEN ur.role_id = $1 THEN ur.user_id END) AS direct, "
+        "SELECT count(DISTINCT CASE WHEN ur.role_id = $1 THEN ur.user_id END) AS direct, "  # noqa: S608 - a constant
         "count(DISTINCT ur.user_id) AS affected FROM fundaments_user_roles ur WHERE ur.role_id IN ("
-        "WITH RECURSIVE heirs(id) AS ("
-        " SELECT CAST($1 AS bigint)"
-        " UNION SELECT ri.role_id FROM fundaments_role_inherits ri JOIN heirs h ON ri.parent_id = h.id"
-        ") SELECT id FROM heirs)",
+        f"{HEIRS_OF_ROLE})",
         role,
     )
     assert row is not None
