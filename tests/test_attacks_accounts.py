@@ -101,11 +101,12 @@ async def test_a_flood_of_checks_from_one_session_runs_one_at_a_time(
         *guesses, bob = outcomes
         assert bob and not isinstance(bob, BaseException)  # bob's login was not crowded out
         in_flight = [g for g in guesses if isinstance(g, CheckInFlightError)]
-        assert len(in_flight) == 79 and all(
-            isinstance(g, RateLimited) and g.retry_after > 0 for g in in_flight
-        )
-        assert sum(isinstance(g, AuthenticationError) for g in guesses) == 1
-        assert uh.verification_count - before == 2  # ann's one guess and bob's login
+        checked = sum(isinstance(g, AuthenticationError) for g in guesses)
+        # One at a time: a late post may start after the first check ended (PostgreSQL round trips
+        # spread the 80 out), so "checked" is 1, rarely 2 — never the 80 an unguarded flood runs.
+        assert checked + len(in_flight) == 80 and 1 <= checked <= 3, (checked, len(in_flight))
+        assert all(isinstance(g, RateLimited) and g.retry_after > 0 for g in in_flight)
+        assert uh.verification_count - before == checked + 1  # ann's checked guesses and bob's login
     finally:
         await app.close()
 
