@@ -29,7 +29,7 @@ import time
 import unicodedata
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
@@ -800,11 +800,9 @@ class UserHandler:
         now = self._clock.now()
         if check.ip_claim is not None:  # the right password is not a failure of this IP
             await queries.release_ip_attempt(tx, check.ip_claim)
-        await queries.record_login(tx, user_id, now)
-        if check.device_hash is None:
-            # A login through a device cookie leaves the account's own counter alone: resetting it
-            # would hand an attacker, who cannot use that cookie, a fresh set of guesses.
-            await queries.reset_user_failures(tx, user_id, now)
+        # A login through a device cookie leaves the account's own counter alone: resetting it
+        # would hand an attacker, who cannot use that cookie, a fresh set of guesses.
+        await queries.record_login(tx, user_id, now, reset_failures=check.device_hash is None)
         if (
             check.upgraded_hash is not None
             and check.stored_hash is not None
@@ -831,6 +829,19 @@ class UserHandler:
         if check.devices + 1 >= DEVICES_PER_USER + DEVICE_PRUNE_SLACK:
             await queries.prune_devices(tx, user_id, DEVICES_PER_USER)
         return token
+
+    async def logged_in_user(self, tx: Executor, check: CredentialCheck) -> User:
+        """The account of a login :meth:`complete_login` just recorded in ``tx``: as the check
+        read it, with its roles, this login's time, and no lock once its counter was reset."""
+        assert check.user is not None
+        roles = await queries.role_names_of(tx, [check.user.id])
+        locked_until = check.user.locked_until if check.device_hash is not None else None
+        return replace(
+            check.user,
+            roles=tuple(roles.get(check.user.id, ())),
+            last_login_at=self._clock.now(),
+            locked_until=locked_until,
+        )
 
     # --- failure bookkeeping --------------------------------------------------------------------
     async def _record_failure(

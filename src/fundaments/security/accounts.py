@@ -145,7 +145,7 @@ class AccountsPart(SecurityCore):
                 session_id=session.id,
                 details={"hash_upgraded": check.upgraded_hash is not None},
             )
-            user = await self._users.get(check.user.id, tx=tx) or check.user  # roles, last login
+            user = await self._users.logged_in_user(tx, check)  # with its roles and this login
         return LoginResult(user=user, session=session, device_token=device_token)
 
     async def change_password(

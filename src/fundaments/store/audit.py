@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fundaments.store.base import Executor, Row
+from fundaments.store.base import Executor, Row, like_containing
 
 GENESIS_HASH = "0" * 64
 CHAIN_LOCK_KEY = 0x61756474  # "audt": serializes appends across PostgreSQL instances
@@ -56,7 +56,7 @@ async def events(
     limit: int = 100,
 ) -> list[Row]:
     """Newest first; ``before_id`` pages by key (events older than that id), never by OFFSET."""
-    pattern = None if kind_contains is None else "%" + like_escaped(kind_contains) + "%"
+    pattern = None if kind_contains is None else like_containing(kind_contains)
     return await db.fetch(
         "SELECT * FROM fundaments_audit_events "
         "WHERE ($1::bigint IS NULL OR subject_user_id = $1 OR actor_user_id = $1) "
@@ -70,11 +70,6 @@ async def events(
         before_id,
         limit,
     )
-
-
-def like_escaped(text: str) -> str:
-    """``text`` matched literally inside a LIKE pattern with ``ESCAPE '\\'``: %, _ and \\ escaped."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # --- checkpoints -----------------------------------------------------------------------------------

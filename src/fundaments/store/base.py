@@ -77,6 +77,13 @@ def to_sqlite(sql: str) -> str:
     return _NUMBERED.sub(r"?\1", sql)
 
 
+def like_containing(text: str) -> str:
+    """A LIKE pattern (used with ``ESCAPE '\\'``) matching ``text`` anywhere, its own ``%``, ``_``
+    and ``\\`` taken literally: a search box's text is never a wildcard."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def rowcount_from_status(status: str) -> int:
     """asyncpg's command status (``"UPDATE 3"``, ``"INSERT 0 1"``) as a row count."""
     tail = status.rsplit(" ", 1)[-1]

@@ -7,7 +7,7 @@ the limit: an attempt must *claim* a place below the threshold before its passwo
 
 from __future__ import annotations
 
-from fundaments.store.base import Executor, Row
+from fundaments.store.base import Executor, Row, like_containing
 
 # --- users ---------------------------------------------------------------------------------------
 
@@ -114,12 +114,6 @@ async def user_by_email_key(db: Executor, email_key: str) -> Row | None:
     return await db.fetchrow(f"SELECT {USER_COLUMNS} FROM fundaments_users WHERE email_key = $1", email_key)  # noqa: S608 - USER_COLUMNS is a constant of this module
 
 
-def _like_pattern(text: str) -> str:
-    """``text`` as a LIKE pattern matching it anywhere, its own ``%``, ``_`` and ``\\`` literal."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 async def list_users(db: Executor, limit: int, after_id: int, search: str | None = None) -> list[Row]:
     """Accounts in id order after ``after_id`` (keyset pagination); ``search`` matches anywhere in
     the (normalized) username or the address, case-insensitively."""
@@ -134,7 +128,7 @@ async def list_users(db: Executor, limit: int, after_id: int, search: str | None
         "AND (username LIKE $3 ESCAPE '\\' OR email_key LIKE $3 ESCAPE '\\') ORDER BY id LIMIT $2",
         after_id,
         limit,
-        _like_pattern(search),
+        like_containing(search),
     )
 
 
@@ -305,8 +299,18 @@ async def release_device_attempt(tx: Executor, token_hash: bytes) -> None:
     )
 
 
-async def record_login(tx: Executor, user_id: int, now: float) -> None:
-    await tx.execute("UPDATE fundaments_users SET last_login_at = $2 WHERE id = $1", user_id, now)
+async def record_login(tx: Executor, user_id: int, now: float, *, reset_failures: bool) -> None:
+    """A successful login, in one write: the last-login time and, with ``reset_failures``, the
+    failure counter, backoff and lock cleared."""
+    if reset_failures:
+        await tx.execute(
+            "UPDATE fundaments_users SET failed_attempts = 0, lock_count = 0, locked_until = NULL, "
+            "updated_at = $2, last_login_at = $2 WHERE id = $1",
+            user_id,
+            now,
+        )
+    else:
+        await tx.execute("UPDATE fundaments_users SET last_login_at = $2 WHERE id = $1", user_id, now)
 
 
 async def reset_user_failures(tx: Executor, user_id: int, now: float) -> None:
