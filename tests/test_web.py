@@ -158,10 +158,12 @@ async def test_no_cookie_is_anonymous_and_guards_answer_401(http: httpx.AsyncCli
     body = (await http.get("/me")).json()
     assert body == {"user": None, "auth": None, "client_ip": "203.0.113.7", "scope_user": None}
     private = await http.get("/private")
-    assert private.status_code == 401 and private.json() == {"detail": "authentication required"}
+    needed = "Authentication required: send Authorization: Bearer <token> or the session cookie."
+    assert private.status_code == 401
+    assert private.json() == {"detail": needed, "code": "authentication_required"}
     assert private.headers["www-authenticate"] == "Bearer"
-    api = await http.get("/api/me")
-    assert api.status_code == 401 and api.json() == {"detail": "authentication required"}
+    api = await http.get("/api/me")  # FastAPI's own handler (install() adds the code: test_web_fastapi)
+    assert api.status_code == 401 and api.json() == {"detail": needed}
 
 
 async def test_login_form_sets_a_host_prefixed_secure_httponly_lax_cookie(
@@ -531,9 +533,11 @@ async def test_permission_guards_answer_401_then_403_then_200(
     assert (await http.get("/api/reports")).status_code == 401
     token = await login_token(fundaments)
     starlette_denied = await http.get("/reports", headers=with_session(token))
-    assert starlette_denied.status_code == 403 and starlette_denied.json() == {"detail": "permission denied"}
+    denied_detail = "Permission denied: this needs 'reports:read'."
+    assert starlette_denied.status_code == 403
+    assert starlette_denied.json() == {"detail": denied_detail, "code": "permission_denied"}
     api_denied = await http.get("/api/reports", headers={"authorization": f"Bearer {token}"})
-    assert api_denied.status_code == 403 and api_denied.json() == {"detail": "permission denied"}
+    assert api_denied.status_code == 403 and api_denied.json() == {"detail": denied_detail}
     denied = await fundaments.security.audit_events(kind="permission.denied")
     assert denied and denied[0].ip_address == "203.0.113.7" and denied[0].user_agent == UA
     await fundaments.security.create_role("analyst", permissions=["reports:read"])

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from fundaments.errors import PermissionDenied
 from fundaments.security import LoginResult, Session, User
+from fundaments.web.errors import Refused, refusal_body
 from fundaments.web.middleware import get_context
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -86,7 +87,12 @@ async def current_user(request: Request) -> User:
     """The user of this request; 401 when there is none."""
     user = get_context(request).user
     if user is None:
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+        raise Refused(
+            401,
+            "authentication_required",
+            "Authentication required: send Authorization: Bearer <token> or the session cookie.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return user
 
 
@@ -102,7 +108,7 @@ def require_permission(permission: str) -> Callable[[Request], Awaitable[User]]:
         try:
             await ctx.security.require_permission(user.id, permission, request_data=ctx.request_data)
         except PermissionDenied:
-            raise HTTPException(403, "permission denied") from None
+            raise Refused(403, "permission_denied", f"Permission denied: this needs {permission!r}.") from None
         return user
 
     dependency.__name__ = f"require_permission({permission!r})"
@@ -118,7 +124,8 @@ def _guarded(endpoint: Endpoint, check: Callable[[Request], Awaitable[object]]) 
         try:
             await check(request)
         except HTTPException as exc:
-            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            body = refusal_body(exc) if isinstance(exc, Refused) else {"detail": exc.detail}
+            return JSONResponse(body, exc.status_code, headers=exc.headers)
         return await endpoint(request)
 
     return guarded

@@ -201,11 +201,17 @@ class Refusal:
 
 HOST_NOT_ALLOWED = Refusal(400, "host_not_allowed", "Invalid Host header.")
 BODY_TOO_LARGE = Refusal(413, "body_too_large", "Request body too large.")
-CROSS_ORIGIN = Refusal(403, "cross_origin", "Forbidden: cross-origin request refused.")
+CROSS_ORIGIN = Refusal(
+    403,
+    "cross_origin",
+    "Forbidden: cross-origin request refused; send it from this site's own pages "
+    "(or list the origin in allowed_origins).",
+)
 CSRF_MISSING = Refusal(
     403,
     "csrf_missing",
-    "Forbidden: CSRF token missing; send the csrf_token form field or the X-CSRF-Token header.",
+    "Forbidden: CSRF token missing; send the X-CSRF-Token header (the csrf_token of GET /auth/csrf, "
+    "with auth_router) or the csrf_token form field.",
 )
 CSRF_MALFORMED = Refusal(403, "csrf_missing", "Forbidden: CSRF token missing (malformed form body).")
 CSRF_INVALID = Refusal(403, "csrf_invalid", "Forbidden: CSRF token invalid; reload the page and try again.")
@@ -216,6 +222,7 @@ PASSWORD_CHANGE_REQUIRED = Refusal(
     403, "password_change_required", "Change your password first; until then only that and logging out work."
 )
 SERVICE_BUSY = Refusal(503, "service_busy", "The service is busy; retry in a moment.")
+SERVICE_STARTING = Refusal(503, "service_starting", "The service is starting or stopping; retry in a moment.")
 RATE_LIMITED = Refusal(429, "rate_limited", "Too many requests; retry later.")
 SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 
@@ -280,14 +287,7 @@ class SecurityMiddleware:
         self.allowed_hosts = frozenset(h for h in hosts if not h.startswith("*"))
         self.allowed_host_suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
         self.hsts = f"max-age={hsts_max_age}; includeSubDomains"
-        self.headers = [
-            ("content-security-policy", content_security_policy),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "same-origin"),
-            ("x-frame-options", "DENY"),
-            ("cross-origin-opener-policy", "same-origin"),
-            ("permissions-policy", permissions_policy),
-        ]
+        self.headers = security_headers(content_security_policy, permissions_policy)
         self._raw_headers = [(name.encode(), value.encode()) for name, value in self.headers]
         self._raw_hsts = self.hsts.encode()
         proxies = [str(ipaddress.ip_network(p, strict=False)) for p in trusted_proxies]
@@ -541,6 +541,11 @@ class SecurityMiddleware:
     ) -> tuple[Receive, Refusal | None]:
         if scope["path"] in self.csrf_exempt_paths:
             return receive, None
+        if not cookies_sent(headers) and "origin" not in headers and "referer" not in headers:
+            # No cookie: nothing a forged request could ride on, and no Origin or Referer: not a
+            # browser (browsers send Origin on every POST, "null" from opaque origins). A script's or
+            # an app's JSON login or register needs no pre-session token (docs/web.md, "CSRF").
+            return receive, None
         if not self._same_origin(scope, headers):
             return receive, CROSS_ORIGIN
         if ctx.auth == "cookie" and presented is not None:
@@ -590,22 +595,8 @@ class SecurityMiddleware:
         refusal: Refusal,
         extra: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Answer ``refusal``: JSON ``{"detail", "code"}`` for API clients, plain text for browsers,
-        with the security headers."""
-        if _wants_json(headers):
-            body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
-            content_type = b"application/json"
-        else:
-            body = f"{refusal.detail}\n".encode()
-            content_type = b"text/plain; charset=utf-8"
-        raw = [
-            *self._raw_headers,
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        raw += [(b"cache-control", b"no-store"), *((n.encode(), v.encode()) for n, v in extra)]
-        await send({"type": "http.response.start", "status": refusal.status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        """Answer ``refusal`` with this middleware's security headers."""
+        await send_refusal(send, headers, refusal, extra, self._raw_headers)
 
     async def _redirect(self, send: Send, location: str) -> None:
         raw = [*self._raw_headers, (b"location", location.encode()), (b"content-length", b"0")]
@@ -643,6 +634,54 @@ def _request_headers(scope: Scope) -> dict[str, str]:
             elif key == "cookie":  # HTTP/2 may split the Cookie header
                 found[key] += "; " + value.decode("latin-1")
     return found
+
+
+def security_headers(content_security_policy: str, permissions_policy: str) -> list[tuple[str, str]]:
+    """The headers added to every response (HSTS apart: https only)."""
+    return [
+        ("content-security-policy", content_security_policy),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        ("x-frame-options", "DENY"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("permissions-policy", permissions_policy),
+    ]
+
+
+_DEFAULT_RAW_HEADERS = [
+    (name.encode(), value.encode())
+    for name, value in security_headers(DEFAULT_CSP, DEFAULT_PERMISSIONS_POLICY)
+]
+
+
+async def send_refusal(
+    send: Send,
+    headers: Mapping[str, str],
+    refusal: Refusal,
+    extra: Iterable[tuple[str, str]] = (),
+    raw_headers: Iterable[tuple[bytes, bytes]] = _DEFAULT_RAW_HEADERS,
+) -> None:
+    """Answer ``refusal``: JSON ``{"detail", "code"}`` for API clients, plain text for browsers,
+    with the security headers."""
+    if _wants_json(headers):
+        body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
+        content_type = b"application/json"
+    else:
+        body = f"{refusal.detail}\n".encode()
+        content_type = b"text/plain; charset=utf-8"
+    raw = [
+        *raw_headers,
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw += [(b"cache-control", b"no-store"), *((n.encode(), v.encode()) for n, v in extra)]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def cookies_sent(headers: Mapping[str, str]) -> bool:
+    """Whether the request carries any cookie (ambient credentials a forged request could use)."""
+    return bool(headers.get("cookie", "").strip())
 
 
 def _hostname(host_header: str) -> str:
