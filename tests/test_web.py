@@ -576,7 +576,9 @@ async def test_plain_http_localhost_uses_the_logged_fallback_cookie(
 
 
 async def test_plain_http_elsewhere_keeps_secure_cookies(fundaments: Fundaments) -> None:
-    async with client(build(fundaments, allowed_hosts=["app.example"]), base_url="http://app.example") as http:
+    async with client(
+        build(fundaments, allowed_hosts=["app.example"]), base_url="http://app.example"
+    ) as http:
         assert "Secure" in set_cookies(await http.get("/form"))["__Host-csrf"]
     async with client(build(fundaments, allow_insecure_localhost=False), base_url="http://localhost") as http:
         assert "__Host-csrf" in set_cookies(await http.get("/form"))

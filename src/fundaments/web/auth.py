@@ -33,12 +33,13 @@ from fundaments.web.middleware import get_context
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def login(request: HTTPConnection, username: str, password: str) -> LoginResult:
+async def login(request: HTTPConnection, username: str, password: str, *, cookie: bool = True) -> LoginResult:
     """Log in with this request's client IP, User-Agent and device cookie.
 
-    On success the session cookie and the device cookie are set on the response and the request
-    counts as authenticated from here on; a session presented before is ended (fixation). On
-    failure ``reason`` says why, for logs: show the user one generic message.
+    On success the session cookie and the device cookie are set on the response (``cookie=False``:
+    neither, for a client that keeps the token itself) and the request counts as authenticated
+    from here on; a session presented before is ended (fixation). On failure ``reason`` says why,
+    for logs: show the user one generic message.
     """
     ctx = get_context(request)
     result = await ctx.security.user_login(username, password, ctx.request_data)
@@ -47,9 +48,9 @@ async def login(request: HTTPConnection, username: str, password: str) -> LoginR
         previous = ctx.token
         if previous is not None and ctx.auth == "cookie":
             await ctx.security.user_logout(previous)
-        ctx.start_session(result.session.token, result.user, result.session)
+        ctx.start_session(result.session.token, result.user, result.session, cookie=cookie)
         request.scope["user"] = result.user
-        if result.device_token:
+        if result.device_token and cookie:
             ctx.set_device_token(result.device_token)
     return result
 
@@ -68,7 +69,7 @@ async def use_rotated_session(request: HTTPConnection, session: Session | None) 
     if session is not None and session.token is not None:
         ctx = get_context(request)
         user = await ctx.security.get_user(session.user_id)
-        ctx.start_session(session.token, user, session)
+        ctx.start_session(session.token, user, session, cookie=ctx.auth != "bearer")
         request.scope["user"] = user
 
 
@@ -108,7 +109,9 @@ def require_permission(permission: str) -> Callable[[Request], Awaitable[User]]:
         try:
             await ctx.security.require_permission(user.id, permission, request_data=ctx.request_data)
         except PermissionDenied:
-            raise Refused(403, "permission_denied", f"Permission denied: this needs {permission!r}.") from None
+            raise Refused(
+                403, "permission_denied", f"Permission denied: this needs {permission!r}."
+            ) from None
         return user
 
     dependency.__name__ = f"require_permission({permission!r})"

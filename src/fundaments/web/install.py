@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
+from starlette.routing import NoMatchFound
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fundaments.bootstrap import Fundaments, initialize_fundaments
@@ -38,6 +39,15 @@ from fundaments.web.middleware import (
 log = logging.getLogger(__name__)
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+# auth_router's routes a user who must change the password may reach, by route name: their paths
+# are found with url_path_for, wherever (and under whatever prefix) the router is mounted.
+OPEN_ROUTES = (
+    "fundaments.auth.logout",
+    "fundaments.auth.password",
+    "fundaments.auth.me",
+    "fundaments.auth.csrf",
+)
 
 
 class Installation:
@@ -73,12 +83,9 @@ class Installation:
             # auth_router's logout, password, me and csrf stay reachable for a user who must change
             # the password, wherever the router is mounted (the routes are all known by now).
             exempt = list(options.get("password_change_exempt_paths", ("/logout",)))
-            exempt += [
-                route.path
-                for route in self.app.routes
-                if getattr(getattr(route, "endpoint", None), "__fundaments_open__", None)
-                and hasattr(route, "path")
-            ]
+            for name in OPEN_ROUTES:
+                with suppress(NoMatchFound):  # NoMatchFound: auth_router is not mounted
+                    exempt.append(self.app.url_path_for(name))
             options["password_change_exempt_paths"] = exempt
             self.middleware = SecurityMiddleware(app, self.fundaments.security, **options)
         return self.middleware

@@ -157,12 +157,17 @@ class WebContext:
             )
         return self._presession_csrf
 
-    def start_session(self, token: str, user: User | None, session: Session | None) -> None:
-        """Use ``token`` as this client's session from now on (the cookie is set on the response)."""
+    def start_session(
+        self, token: str, user: User | None, session: Session | None, *, cookie: bool = True
+    ) -> None:
+        """Use ``token`` as this client's session from now on: the cookie is set on the response,
+        unless ``cookie`` is False (a client that sends the token as a bearer token instead)."""
         if user is not None and self._forget_user is not None:
             self._forget_user(user.id)  # a login or password change: read the account afresh
-        self._token, self.user, self.session, self.auth = token, user, session, "cookie"
-        self._set_cookies.append(_cookie(self.cookies.session, token, secure=self.cookies.secure))
+        self._token, self.user, self.session = token, user, session
+        self.auth = "cookie" if cookie else "bearer"
+        if cookie:
+            self._set_cookies.append(_cookie(self.cookies.session, token, secure=self.cookies.secure))
 
     def set_device_token(self, token: str) -> None:
         self.device_token = token
@@ -619,6 +624,7 @@ _WANTED_HEADERS = frozenset(
         b"x-csrf-token",
     }
 )
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
 BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
 
@@ -694,17 +700,35 @@ def _hostname(host_header: str) -> str:
 
 
 def _wants_json(headers: Mapping[str, str]) -> bool:
-    """An API client: it accepts JSON, sends JSON, or authenticates with a bearer token."""
-    if "application/json" in headers.get("accept", ""):
+    """An API client: it accepts JSON, sends JSON, or authenticates with a bearer token; or it is
+    neither a browser's page request (``Accept: text/html``) nor a form post (plain text for those)."""
+    accept = headers.get("accept", "")
+    if "application/json" in accept:
         return True
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
         return True
-    return headers.get("authorization", "")[:7].lower() == "bearer "
+    if headers.get("authorization", "")[:7].lower() == "bearer ":
+        return True
+    return "text/html" not in accept and content_type not in FORM_TYPES
+
+
+def browser_like(headers: Mapping[str, str]) -> bool:
+    """A request a browser may have sent: browsers add Origin to every POST (Referer, cookies).
+    A client with none of them keeps its session token itself: no cookie is set for it."""
+    return "origin" in headers or "referer" in headers or cookies_sent(headers)
 
 
 def _browser_page(scope: Scope, headers: Mapping[str, str]) -> bool:
-    return scope["method"] in ("GET", "HEAD") and not _wants_json(headers)
+    """A GET or HEAD that does not say it is an API client's: it may be a page, so a redirect."""
+    if scope["method"] not in ("GET", "HEAD"):
+        return False
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    return not (
+        "application/json" in headers.get("accept", "")
+        or content_type == "application/json"
+        or headers.get("authorization", "")[:7].lower() == "bearer "
+    )
 
 
 def _relative_location(value: bytes, own_host: str) -> bytes:

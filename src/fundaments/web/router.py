@@ -41,7 +41,8 @@ from fundaments.errors import (
 from fundaments.security import LoginFailure, Session, User
 from fundaments.web.auth import current_user, login, logout, use_rotated_session
 from fundaments.web.errors import Refused
-from fundaments.web.middleware import csrf_token_for, get_context
+from fundaments.web.install import OPEN_ROUTES
+from fundaments.web.middleware import browser_like, csrf_token_for, get_context
 
 Body = TypeVar("Body", bound=BaseModel)
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -199,12 +200,6 @@ def _session_out(session: Session, current: Session | None) -> SessionOut:
     )
 
 
-def _mark(endpoint: Any, kind: str) -> Any:
-    """Mark an endpoint a user who must change the password may reach (install() reads this)."""
-    endpoint.__fundaments_open__ = kind
-    return endpoint
-
-
 def auth_router(
     *,
     registration: bool = False,
@@ -228,7 +223,8 @@ def auth_router(
     )
     async def login_endpoint(request: Request) -> LoginOut:
         body = await _body(request, LoginBody)
-        result = await login(request, body.username, body.password)
+        # A browser gets the session cookie; a script (no Origin, Referer or cookie) only the token.
+        result = await login(request, body.username, body.password, cookie=browser_like(request.headers))
         if not result:
             if result.reason is LoginFailure.THROTTLED:
                 raise Refused(
@@ -254,6 +250,7 @@ def auth_router(
 
     @router.post(
         "/logout",
+        name=OPEN_ROUTES[0],
         response_model=Done,
         summary="End this request's session",
         responses=_refusals(403),
@@ -287,7 +284,13 @@ def auth_router(
                 raise Refused(422, _code(exc), str(exc)) from None
             return user_out(user)
 
-    @router.get("/me", response_model=UserOut, summary="The signed-in account", responses=_refusals(401))
+    @router.get(
+        "/me",
+        name=OPEN_ROUTES[2],
+        response_model=UserOut,
+        summary="The signed-in account",
+        responses=_refusals(401),
+    )
     async def me(user: CurrentUser) -> UserOut:
         return user_out(user)
 
@@ -317,12 +320,15 @@ def auth_router(
             ctx.end_session()
         return Response(status_code=204)
 
-    @router.get("/csrf", response_model=CsrfOut, summary="The X-CSRF-Token a cookie client sends")
+    @router.get(
+        "/csrf", name=OPEN_ROUTES[3], response_model=CsrfOut, summary="The X-CSRF-Token a cookie client sends"
+    )
     async def csrf(request: Request) -> CsrfOut:
         return CsrfOut(csrf_token=get_context(request).csrf_token)
 
     @router.post(
         "/password",
+        name=OPEN_ROUTES[1],
         response_model=TokenOut,
         summary="Change the password; other sessions end, this one gets a new token",
         openapi_extra=_body_doc(PasswordBody, form=True),
@@ -407,8 +413,6 @@ def auth_router(
         await get_context(request).security.request_email_verification(user.id)
         return Done(detail="A verification link is on its way.")
 
-    for endpoint in (logout_endpoint, password, me, csrf):
-        _mark(endpoint, "open")
     return router
 
 
