@@ -466,3 +466,19 @@ async def test_an_exception_is_a_500_with_the_security_headers_and_no_traceback(
     assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
     assert "secret internals" not in response.text and "Traceback" not in response.text
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+async def test_openapi_declares_the_bearer_and_cookie_schemes_and_each_refusal(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]}
+    assert schemes["session cookie"]["in"] == "cookie" and schemes["session cookie"]["name"] == "__Host-session"
+    notes = document["paths"]["/notes"]["get"]
+    assert {"bearer": []} in notes["security"] and {"session cookie": []} in notes["security"]
+    login = document["paths"]["/auth/login"]["post"]
+    assert "security" not in login  # anonymous
+    assert set(login["requestBody"]["content"]) == {"application/json", "application/x-www-form-urlencoded"}
+    assert {"401", "413", "422", "429", "503"} <= set(login["responses"])
+    me = document["paths"]["/auth/me"]["get"]
+    assert "401" in me["responses"] and {"bearer": []} in me["security"]

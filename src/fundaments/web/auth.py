@@ -3,7 +3,9 @@
 Every helper works on a request that went through :class:`SecurityMiddleware`; the cookies they
 change are written by the middleware on whatever response the route returns.
 
-FastAPI (``HTTPException`` becomes ``{"detail": ...}`` JSON with status 401 or 403)::
+FastAPI (a :class:`~fundaments.web.Refused` becomes ``{"detail": ..., "code": ...}`` JSON with status
+401 or 403 under :func:`~fundaments.web.install`, ``{"detail": ...}`` without it; on a WebSocket
+route the guards close the handshake with 1008)::
 
     @api.get("/me")
     async def me(user: User = Depends(current_user)) -> dict[str, str]: ...
@@ -21,14 +23,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from fundaments.errors import PermissionDenied
 from fundaments.security import LoginResult, Session, User
 from fundaments.web.errors import Refused, refusal_body
-from fundaments.web.middleware import get_context
+from fundaments.web.middleware import WS_POLICY_VIOLATION, get_context
+from fundaments.web.openapi import BEARER_SCHEME, COOKIE_SCHEME
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -84,33 +87,49 @@ def authenticated_user(request: HTTPConnection) -> User | None:
 
 
 # --- FastAPI dependencies (plain Starlette types: FastAPI accepts them; no FastAPI import) ----
-async def current_user(request: Request) -> User:
-    """The user of this request; 401 when there is none."""
+# Typed HTTPConnection, which FastAPI injects on HTTP and WebSocket routes alike. On a WebSocket
+# the refusal is a WebSocketException: FastAPI closes the handshake with 1008 (policy violation).
+def _refused(
+    connection: HTTPConnection, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Exception:
+    if connection.scope["type"] == "websocket":
+        return WebSocketException(WS_POLICY_VIOLATION, code.replace("_", " "))  # a short close reason
+    return Refused(status, code, detail, headers=headers)
+
+
+async def current_user(
+    request: HTTPConnection, _bearer: None = BEARER_SCHEME, _cookie: None = COOKIE_SCHEME
+) -> User:
+    """The user of this request or WebSocket; 401 (a WebSocket: close 1008) when there is none.
+
+    ``_bearer`` and ``_cookie`` only declare the OpenAPI security schemes (fundaments.web.openapi)."""
     user = get_context(request).user
     if user is None:
-        raise Refused(
+        raise _refused(
+            request,
             401,
             "authentication_required",
             "Authentication required: send Authorization: Bearer <token> or the session cookie.",
-            headers={"WWW-Authenticate": "Bearer"},
+            {"WWW-Authenticate": "Bearer"},
         )
     return user
 
 
-def require_permission(permission: str) -> Callable[[Request], Awaitable[User]]:
+def require_permission(permission: str) -> Callable[[HTTPConnection], Awaitable[User]]:
     """A dependency returning the user when they hold ``permission``.
 
-    401 without a user; 403 (and an audited ``permission.denied``) without the permission.
+    401 without a user; 403 (and an audited ``permission.denied``) without the permission. On a
+    WebSocket route both are a close with 1008.
     """
 
-    async def dependency(request: Request) -> User:
+    async def dependency(request: HTTPConnection) -> User:
         user = await current_user(request)
         ctx = get_context(request)
         try:
             await ctx.security.require_permission(user.id, permission, request_data=ctx.request_data)
         except PermissionDenied:
-            raise Refused(
-                403, "permission_denied", f"Permission denied: this needs {permission!r}."
+            raise _refused(
+                request, 403, "permission_denied", f"Permission denied: this needs {permission!r}."
             ) from None
         return user
 

@@ -30,6 +30,11 @@ For each HTTP request it
 Every refusal is JSON ``{"detail": ..., "code": ...}`` for API clients (``Accept: application/json``,
 a JSON body or a bearer token) and plain text for browsers, with one of the stable ``code`` values
 of :class:`Refusal`.
+
+A WebSocket handshake gets the Host check, the client IP and authentication the same way, from
+``Authorization: Bearer``, the subprotocol pair ``["fundaments.bearer", "<token>"]`` or the session
+cookie; the cookie only with a same-origin (or ``allowed_origins``) ``Origin``, against cross-site
+WebSocket hijacking. A refused handshake is never accepted (see docs/web.md, "WebSockets").
 """
 
 from __future__ import annotations
@@ -300,12 +305,18 @@ class SecurityMiddleware:
         self._entry: ASGIApp = self._secured
         if proxies:
             self._entry = ProxyHeadersMiddleware(self._secured, proxies)  # type: ignore[arg-type,assignment]
+        self._websocket_entry: ASGIApp = self._websocket
+        if proxies:
+            self._websocket_entry = ProxyHeadersMiddleware(self._websocket, proxies)  # type: ignore[arg-type,assignment]
         self._warned_insecure = False
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket_entry(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -592,6 +603,123 @@ class SecurityMiddleware:
         origin = origin.rstrip("/").lower()
         return origin == own or origin in self.allowed_origins
 
+    # --- WebSockets ----------------------------------------------------------------------------
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate one WebSocket handshake: refuse it before the app sees it, or hand it on
+        with the user on the scope (None for an anonymous handshake: the app decides)."""
+        headers = _request_headers(scope)
+        host = _hostname(headers.get("host", ""))
+        if not self._host_allowed(host):
+            log.warning(
+                "refused WebSocket %s: Host %r is not in ALLOWED_HOSTS (add it there to serve it)",
+                scope["path"], host[:100],
+            )  # fmt: skip
+            await self._deny_websocket(scope, send, HOST_NOT_ALLOWED)
+            return
+        secure = scope.get("scheme") in ("wss", "https")
+        # The cookie names of the page that opened the socket: its scheme is http(s), not ws(s).
+        cookie_names = self._cookie_names({"scheme": "https" if secure else "http"}, host)
+        cookies = cookie_parser(headers.get("cookie", ""))
+        client = scope.get("client")
+        client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
+        ctx = WebContext(
+            security=self.security,
+            client_ip=client_ip[:MAX_IP_LENGTH],
+            user_agent=headers.get("user-agent", ""),
+            cookies=cookie_names,
+            device_token=_plausible_token(cookies.get(cookie_names.device)),
+            _forget_user=self.forget_user,
+        )
+        scope[SCOPE_KEY] = ctx
+        scope["user"] = None
+
+        offered = _take_bearer_subprotocol(scope)  # the token leaves the scope before the app runs
+        presented, auth = self._presented_token(headers, cookies.get(cookie_names.session))
+        if offered is not None and auth != "bearer":  # Authorization first, then the subprotocol
+            presented, auth = _plausible_token(offered), "bearer"
+        refusal = None
+        if auth == "cookie" and not self._websocket_origin_allowed(scope, headers, secure):
+            # Cross-site WebSocket hijacking: a browser attaches the cookie to a handshake that any
+            # site opens, and no CORS rule stops it. No lookup is done for it.
+            refusal = CROSS_SITE_WEBSOCKET
+        elif presented is not None:
+            await self._authenticate_websocket(ctx, presented, auth)
+        if refusal is None and auth == "bearer" and ctx.auth != "bearer":
+            refusal = SESSION_INVALID
+        elif refusal is None and ctx.user is not None and ctx.user.must_change_password:
+            refusal = PASSWORD_CHANGE_REQUIRED
+        if refusal is not None:
+            log.warning("refused WebSocket %s: %s", scope["path"], refusal.code)
+            extra = BEARER_CHALLENGE if refusal is SESSION_INVALID else ()
+            await self._deny_websocket(scope, send, refusal, extra)
+            return
+        scope["user"] = ctx.user
+        remaining = scope.get("subprotocols") or ()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                # A browser fails the handshake unless the server picks one of the offered
+                # subprotocols: the marker, never the token.
+                if offered is not None and message.get("subprotocol") not in remaining:
+                    message["subprotocol"] = BEARER_SUBPROTOCOL
+                extra = [(b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies]
+                extra += [(name.encode(), value.encode()) for name, value in ctx._extra_headers]
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    async def _authenticate_websocket(
+        self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
+    ) -> None:
+        # TODO(lead): bearer=True (for auth == "bearer") once validate_session takes it.
+        session = await self.security.validate_session(token, ctx.request_data)
+        user = await self._user(session.user_id) if session is not None else None
+        if session is None or user is None or user.is_disabled:
+            if auth == "cookie":
+                ctx.end_session()  # the handshake response clears the dead cookie
+            return
+        ctx.user, ctx.session, ctx.auth, ctx._token = user, session, auth, token
+        if session.rotated_token:  # a privilege change: the old token is dead from now on
+            ctx._token = session.rotated_token
+            if auth == "cookie":
+                ctx._set_cookies.append(
+                    _cookie(ctx.cookies.session, session.rotated_token, secure=ctx.cookies.secure)
+                )
+            else:
+                ctx._extra_headers.append(("x-session-token", session.rotated_token))
+
+    def _websocket_origin_allowed(self, scope: Scope, headers: Mapping[str, str], secure: bool) -> bool:
+        """The handshake comes from this site's own pages (ws -> http, wss -> https, same Host) or
+        from one of ``allowed_origins``. No ``Origin`` (or ``null``) is not same-origin."""
+        origin = headers.get("origin")
+        if not origin:
+            return False
+        own = f"{'https' if secure else 'http'}://{headers.get('host', '')}".lower()
+        origin = origin.rstrip("/").lower()
+        return origin == own or origin in self.allowed_origins
+
+    async def _deny_websocket(
+        self, scope: Scope, send: Send, refusal: Refusal, extra: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Refuse a handshake before it is accepted: an HTTP answer with the refusal's status and
+        JSON where the server offers ``websocket.http.response`` (uvicorn does), else a close with
+        1008, which the server turns into a 403."""
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": refusal.code})
+            return
+        body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
+        raw = [
+            *self._raw_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *((name.encode(), value.encode()) for name, value in extra),
+        ]
+        await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+
     # --- the middleware's own answers ----------------------------------------------------------
     async def _refuse(
         self,
@@ -627,6 +755,38 @@ _WANTED_HEADERS = frozenset(
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
 BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
+
+
+# WebSocket handshakes. A browser cannot set Authorization on one, so its bearer token travels as
+# a pair of offered subprotocols, ["fundaments.bearer", "<token>"]; the middleware removes both
+# from the scope and answers the marker, never the token.
+BEARER_SUBPROTOCOL = "fundaments.bearer"
+WS_POLICY_VIOLATION = 1008  # RFC 6455 7.4.1
+CROSS_SITE_WEBSOCKET = Refusal(
+    403,
+    "cross_origin",
+    "Forbidden: a WebSocket handshake with the session cookie must come from this site's own pages "
+    "(Origin); other clients authenticate with a bearer token.",
+)
+
+
+def _take_bearer_subprotocol(scope: Scope) -> str | None:
+    """The token offered as ``fundaments.bearer, <token>`` ("" when the marker has none), or None.
+
+    Both entries leave ``scope["subprotocols"]`` and the ``Sec-WebSocket-Protocol`` header, so
+    the application can neither choose the token as its subprotocol nor log it."""
+    offered = list(scope.get("subprotocols") or ())
+    if BEARER_SUBPROTOCOL not in offered:
+        return None
+    at = offered.index(BEARER_SUBPROTOCOL)
+    token = offered[at + 1] if at + 1 < len(offered) else ""
+    del offered[at : at + 2]
+    scope["subprotocols"] = offered
+    headers = [(n, v) for n, v in scope["headers"] if n.lower() != b"sec-websocket-protocol"]
+    if offered:
+        headers.append((b"sec-websocket-protocol", ", ".join(offered).encode("latin-1")))
+    scope["headers"] = headers
+    return token
 
 
 def _request_headers(scope: Scope) -> dict[str, str]:
