@@ -469,11 +469,19 @@ async def test_an_exception_is_a_500_with_the_security_headers_and_no_traceback(
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------
-async def test_openapi_declares_the_bearer_and_cookie_schemes_and_each_refusal(http: httpx.AsyncClient) -> None:
+async def test_openapi_declares_the_bearer_and_cookie_schemes_and_each_refusal(
+    http: httpx.AsyncClient,
+) -> None:
     document = (await http.get("/openapi.json")).json()
     schemes = document["components"]["securitySchemes"]
-    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]}
-    assert schemes["session cookie"]["in"] == "cookie" and schemes["session cookie"]["name"] == "__Host-session"
+    assert schemes["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["bearer"]["description"],
+    }
+    assert (
+        schemes["session cookie"]["in"] == "cookie" and schemes["session cookie"]["name"] == "__Host-session"
+    )
     notes = document["paths"]["/notes"]["get"]
     assert {"bearer": []} in notes["security"] and {"session cookie": []} in notes["security"]
     login = document["paths"]["/auth/login"]["post"]

@@ -56,7 +56,7 @@ class Installation:
     def __init__(
         self,
         app: Starlette,
-        settings: Settings | None,
+        settings: Settings | Callable[[], Settings] | None,
         fundaments: Fundaments | None,
         options: Mapping[str, Any],
     ) -> None:
@@ -114,7 +114,7 @@ class InstalledSecurity:
 
 def install(
     app: Starlette,
-    settings: Settings | None = None,
+    settings: Settings | Callable[[], Settings] | None = None,
     *,
     fundaments: Fundaments | None = None,
     **options: Any,
@@ -126,7 +126,8 @@ def install(
       (``allowed_hosts`` and ``trusted_proxies`` default to the settings' ``ALLOWED_HOSTS`` and
       ``TRUSTED_PROXIES``);
     - wraps the application's lifespan: ``initialize_fundaments(settings)`` (settings from
-      ``.env`` and the environment when None) before the application's own start-up, ``close()``
+      ``.env`` and the environment when None; a function returning Settings is called then, not
+      at import) before the application's own start-up, ``close()``
       after its shut-down. A ConfigurationError stops the server with its message. Pass
       ``fundaments=`` to use one the application started itself: it is neither started nor closed;
     - makes 401/403 refusals of :func:`current_user` and :func:`require_permission` JSON
@@ -156,7 +157,10 @@ def _composed(installation: Installation, own: Lifespan) -> Lifespan:
     async def lifespan(app: Any) -> AsyncIterator[Any]:
         if installation.owned:
             try:
-                installation.fundaments = await initialize_fundaments(installation.settings)
+                settings = installation.settings
+                if callable(settings):
+                    settings = settings()
+                installation.fundaments = await initialize_fundaments(settings)
             except FundamentsError as exc:
                 # uvicorn prints "Application startup failed. Exiting." after this line.
                 log.error("fundaments could not start: %s", exc)

@@ -39,6 +39,8 @@ WebSocket hijacking. A refused handshake is never accepted (see docs/web.md, "We
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -72,6 +74,8 @@ MAX_TOKEN_LENGTH = 256  # longer cookie or header values are garbage, not tokens
 DEVICE_COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: the OWASP device cookie outlives sessions
 USER_CACHE_SECONDS = 1.0  # how long an account read by the middleware is reused (DESIGN: <= 1 s)
 MAX_CACHED_USERS = 10_000
+DRAIN_FACTOR = 4  # a refused body up to 4x max_body_bytes more is read and dropped before the 413
+DRAIN_SECONDS = 5.0  # ... if it arrives within this time
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 DEFAULT_CSP = (
@@ -240,19 +244,37 @@ SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 class _BoundedReceive:
     """``receive`` counting the body as it streams in; past ``limit`` bytes it raises BodyTooLarge."""
 
-    __slots__ = ("limit", "receive", "size", "tripped")
+    __slots__ = ("done", "limit", "receive", "size", "tripped")
 
     def __init__(self, receive: Receive, limit: int) -> None:
-        self.receive, self.limit, self.size, self.tripped = receive, limit, 0, False
+        self.receive, self.limit, self.size, self.tripped, self.done = receive, limit, 0, False, False
 
     async def __call__(self) -> Message:
         message = await self.receive()
         if message["type"] == "http.request":
             self.size += len(message.get("body", b""))
+            self.done = not message.get("more_body", False)
             if self.size > self.limit:
                 self.tripped = True
                 raise BodyTooLarge(f"request body over {self.limit} bytes")
+        else:
+            self.done = True
         return message
+
+    async def drain(self, most: int) -> None:
+        """Read and drop the rest of a refused body, if it ends within ``most`` more bytes and
+        DRAIN_SECONDS. A server that closes the connection with the body unread makes the client's
+        kernel see a reset, and most clients then lose the 413 they were sent (nginx's "lingering
+        close" does the same). A larger or slower body is cut off: the 413 goes out regardless."""
+        drained = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while not self.done and drained <= most:
+                    message = await self.receive()
+                    if message["type"] != "http.request":
+                        break
+                    drained += len(message.get("body", b""))
+                    self.done = not message.get("more_body", False)
 
 
 class SecurityMiddleware:
@@ -286,6 +308,7 @@ class SecurityMiddleware:
         self.csrf_exempt_paths = frozenset(csrf_exempt_paths)
         self.public_paths = tuple(public_paths)
         self.max_body_bytes = max_form_bytes if max_form_bytes is not None else max_body_bytes
+        self.max_drain_bytes = DRAIN_FACTOR * self.max_body_bytes  # read past a refusal at most
         self._too_large = Refusal(
             413, BODY_TOO_LARGE.code, f"Request body too large: the limit is {self.max_body_bytes} bytes."
         )
@@ -368,6 +391,7 @@ class SecurityMiddleware:
                 if bounded.tripped and not own:
                     # The app caught BodyTooLarge (FastAPI turns a failed body read into a 400).
                     replaced = own = True
+                    await bounded.drain(self.max_drain_bytes)
                     await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
                     own = False  # what the app sends after this is dropped
                     return
@@ -398,6 +422,8 @@ class SecurityMiddleware:
                 "refused %s %s: %s (Content-Length)", scope["method"], scope["path"], BODY_TOO_LARGE.code
             )
             own = True
+            if int(length) <= self.max_body_bytes + self.max_drain_bytes:
+                await bounded.drain(self.max_drain_bytes + self.max_body_bytes)
             await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
             return
         try:
@@ -416,6 +442,8 @@ class SecurityMiddleware:
             if started:
                 raise  # the response is on its way: the server closes the connection
             own = True
+            if bounded.tripped:
+                await bounded.drain(self.max_drain_bytes)
             await self._answer_exception(scope, send_wrapper, headers, exc, bounded.tripped)
 
     async def _answer_exception(
