@@ -490,3 +490,26 @@ async def test_openapi_declares_the_bearer_and_cookie_schemes_and_each_refusal(
     assert {"401", "413", "422", "429", "503"} <= set(login["responses"])
     me = document["paths"]["/auth/me"]["get"]
     assert "401" in me["responses"] and {"bearer": []} in me["security"]
+
+
+async def test_a_500_from_outside_the_middleware_still_carries_the_headers(fundaments: Fundaments) -> None:
+    """Starlette's ServerErrorMiddleware answers an exception of a middleware added after install
+    (outside ours); install's outermost layer adds the headers to that 500 too."""
+    app = build(fundaments=fundaments)
+
+    class Broken:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                raise RuntimeError("a middleware bug")
+            await self.app(scope, receive, send)
+
+    app.add_middleware(Broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("203.0.113.7", 50000))
+    async with running(app), httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        response = await http.get("/notes")
+    assert response.status_code == 500 and "a middleware bug" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]

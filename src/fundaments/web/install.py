@@ -21,7 +21,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.routing import NoMatchFound
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fundaments.bootstrap import Fundaments, initialize_fundaments
 from fundaments.config import Settings
@@ -29,6 +29,7 @@ from fundaments.errors import FundamentsError
 from fundaments.security import Security
 from fundaments.web.errors import Refused, refused_handler
 from fundaments.web.middleware import (
+    DEFAULT_RAW_HEADERS,
     SERVICE_STARTING,
     SecurityMiddleware,
     _request_headers,
@@ -112,6 +113,30 @@ class InstalledSecurity:
             await send_refusal(send, _request_headers(scope), SERVICE_STARTING, (("retry-after", "1"),))
 
 
+class HeadersOnErrors:
+    """The outermost layer: a 5xx answered without the security headers gets them."""
+
+    def __init__(self, app: ASGIApp, installation: Installation) -> None:
+        self.app = app
+        self.installation = installation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                raw = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-content-type-options" for name, _ in raw):
+                    middleware = self.installation.middleware
+                    raw += middleware.raw_security_headers if middleware else DEFAULT_RAW_HEADERS
+                    message["headers"] = raw
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def install(
     app: Starlette,
     settings: Settings | Callable[[], Settings] | None = None,
@@ -148,6 +173,10 @@ def install(
     app.add_middleware(InstalledSecurity, installation=installation)  # raises once the app started
     app.add_exception_handler(Refused, refused_handler)  # type: ignore[arg-type]
     app.router.lifespan_context = _composed(installation, app.router.lifespan_context)
+    # Starlette's ServerErrorMiddleware sits outside every user middleware: a 500 it answers (an
+    # exception in a middleware added after install, outside ours) would lack the headers.
+    build_stack = app.build_middleware_stack
+    setattr(app, "build_middleware_stack", lambda: HeadersOnErrors(build_stack(), installation))  # noqa: B010
     app.state.fundaments_installation = installation
     return installation
 

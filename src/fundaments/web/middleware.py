@@ -322,6 +322,7 @@ class SecurityMiddleware:
         self.hsts = f"max-age={hsts_max_age}; includeSubDomains"
         self.headers = security_headers(content_security_policy, permissions_policy)
         self._raw_headers = [(name.encode(), value.encode()) for name, value in self.headers]
+        self.raw_security_headers = tuple(self._raw_headers)
         self._raw_hsts = self.hsts.encode()
         proxies = [str(ipaddress.ip_network(p, strict=False)) for p in trusted_proxies]
         # uvicorn's implementation (rightmost untrusted X-Forwarded-For hop); none: the peer is the client.
@@ -842,7 +843,7 @@ def security_headers(content_security_policy: str, permissions_policy: str) -> l
     ]
 
 
-_DEFAULT_RAW_HEADERS = [
+DEFAULT_RAW_HEADERS = [
     (name.encode(), value.encode())
     for name, value in security_headers(DEFAULT_CSP, DEFAULT_PERMISSIONS_POLICY)
 ]
@@ -853,7 +854,7 @@ async def send_refusal(
     headers: Mapping[str, str],
     refusal: Refusal,
     extra: Iterable[tuple[str, str]] = (),
-    raw_headers: Iterable[tuple[bytes, bytes]] = _DEFAULT_RAW_HEADERS,
+    raw_headers: Iterable[tuple[bytes, bytes]] = DEFAULT_RAW_HEADERS,
 ) -> None:
     """Answer ``refusal``: JSON ``{"detail", "code"}`` for API clients, plain text for browsers,
     with the security headers."""
