@@ -27,6 +27,7 @@ from fundaments.bootstrap import Fundaments, initialize_fundaments
 from fundaments.config import Settings
 from fundaments.errors import FundamentsError
 from fundaments.security import Security
+from fundaments.web.docs import secure_docs
 from fundaments.web.errors import Refused, refused_handler
 from fundaments.web.middleware import (
     SERVICE_STARTING,
@@ -66,6 +67,7 @@ class Installation:
         self.owned = fundaments is None  # started (and closed) by the lifespan, not by the caller
         self.options = dict(options)
         self.middleware: SecurityMiddleware | None = None
+        self.docs_csp: dict[str, str] = {}  # csp_by_path entries of FastAPI's docs pages (secure_docs)
 
     @property
     def security(self) -> Security | None:
@@ -87,6 +89,8 @@ class Installation:
                 with suppress(NoMatchFound):  # NoMatchFound: auth_router is not mounted
                     exempt.append(self.app.url_path_for(name))
             options["password_change_exempt_paths"] = exempt
+            if self.docs_csp:  # the application's own csp_by_path wins
+                options["csp_by_path"] = {**self.docs_csp, **(options.get("csp_by_path") or {})}
             self.middleware = SecurityMiddleware(app, self.fundaments.security, **options)
         return self.middleware
 
@@ -117,6 +121,7 @@ def install(
     settings: Settings | None = None,
     *,
     fundaments: Fundaments | None = None,
+    docs_csp: bool = True,
     **options: Any,
 ) -> Installation:
     """Put fundaments in front of ``app`` (FastAPI or Starlette), before it starts.
@@ -129,6 +134,9 @@ def install(
       ``.env`` and the environment when None) before the application's own start-up, ``close()``
       after its shut-down. A ConfigurationError stops the server with its message. Pass
       ``fundaments=`` to use one the application started itself: it is neither started nor closed;
+    - makes FastAPI's ``/docs`` and ``/redoc`` work under the Content-Security-Policy, with
+      self-hosted assets and a policy of their own (:mod:`fundaments.web.docs`); ``docs_csp=False``
+      leaves FastAPI's docs routes as they are (the default policy then blocks them);
     - makes 401/403 refusals of :func:`current_user` and :func:`require_permission` JSON
       ``{"detail", "code"}``.
 
@@ -147,6 +155,8 @@ def install(
     app.add_middleware(InstalledSecurity, installation=installation)  # raises once the app started
     app.add_exception_handler(Refused, refused_handler)  # type: ignore[arg-type]
     app.router.lifespan_context = _composed(installation, app.router.lifespan_context)
+    if docs_csp:
+        installation.docs_csp = secure_docs(app)
     app.state.fundaments_installation = installation
     return installation
 
