@@ -308,6 +308,7 @@ class SecurityMiddleware:
         for prefix, csp in sorted((csp_by_path or {}).items(), key=lambda item: -len(item[0].rstrip("/"))):
             raw = [(n.encode(), v.encode()) for n, v in security_headers(csp, permissions_policy)]
             self._raw_headers_by_path.append((prefix.rstrip("/"), raw))
+        self._csp_prefixes = tuple(prefix for prefix, _ in self._raw_headers_by_path)
         self._raw_hsts = self.hsts.encode()
         proxies = [str(ipaddress.ip_network(p, strict=False)) for p in trusted_proxies]
         # uvicorn's implementation (rightmost untrusted X-Forwarded-For hop); none: the peer is the client.
@@ -735,6 +736,8 @@ class SecurityMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):  # the prefixes are the application's own paths
             path = path[len(root) :]
+        if not path.startswith(self._csp_prefixes):  # most paths: one C call
+            return self._raw_headers
         for prefix, raw in self._raw_headers_by_path:
             if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
                 return raw
