@@ -730,6 +730,7 @@ class SecurityMiddleware:
         ]
         await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": raw})
         await send({"type": "websocket.http.response.body", "body": body})
+
     def _path_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         """The security headers of the longest ``csp_by_path`` prefix holding this path."""
         path: str = scope["path"]
