@@ -27,6 +27,7 @@ from fundaments.bootstrap import Fundaments, initialize_fundaments
 from fundaments.config import Settings
 from fundaments.errors import FundamentsError
 from fundaments.security import Security
+from fundaments.web.docs import secure_docs
 from fundaments.web.errors import Refused, refused_handler
 from fundaments.web.middleware import (
     DEFAULT_RAW_HEADERS,
@@ -67,6 +68,7 @@ class Installation:
         self.owned = fundaments is None  # started (and closed) by the lifespan, not by the caller
         self.options = dict(options)
         self.middleware: SecurityMiddleware | None = None
+        self.docs_csp: dict[str, str] = {}  # csp_by_path entries of FastAPI's docs pages (secure_docs)
 
     @property
     def security(self) -> Security | None:
@@ -88,6 +90,8 @@ class Installation:
                 with suppress(NoMatchFound):  # NoMatchFound: auth_router is not mounted
                     exempt.append(self.app.url_path_for(name))
             options["password_change_exempt_paths"] = exempt
+            if self.docs_csp:  # the application's own csp_by_path wins
+                options["csp_by_path"] = {**self.docs_csp, **(options.get("csp_by_path") or {})}
             self.middleware = SecurityMiddleware(app, self.fundaments.security, **options)
         return self.middleware
 
@@ -142,6 +146,7 @@ def install(
     settings: Settings | Callable[[], Settings] | None = None,
     *,
     fundaments: Fundaments | None = None,
+    docs_csp: bool = True,
     **options: Any,
 ) -> Installation:
     """Put fundaments in front of ``app`` (FastAPI or Starlette), before it starts.
@@ -155,6 +160,9 @@ def install(
       at import) before the application's own start-up, ``close()``
       after its shut-down. A ConfigurationError stops the server with its message. Pass
       ``fundaments=`` to use one the application started itself: it is neither started nor closed;
+    - makes FastAPI's ``/docs`` and ``/redoc`` work under the Content-Security-Policy, with
+      self-hosted assets and a policy of their own (:mod:`fundaments.web.docs`); ``docs_csp=False``
+      leaves FastAPI's docs routes as they are (the default policy then blocks them);
     - makes 401/403 refusals of :func:`current_user` and :func:`require_permission` JSON
       ``{"detail", "code"}``.
 
@@ -177,6 +185,8 @@ def install(
     # exception in a middleware added after install, outside ours) would lack the headers.
     build_stack = app.build_middleware_stack
     setattr(app, "build_middleware_stack", lambda: HeadersOnErrors(build_stack(), installation))  # noqa: B010
+    if docs_csp:
+        installation.docs_csp = secure_docs(app)
     app.state.fundaments_installation = installation
     return installation
 

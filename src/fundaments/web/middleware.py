@@ -298,6 +298,9 @@ class SecurityMiddleware:
         password_change_path: str = "/password",  # noqa: S107 - a path; where a user who must change the password does it
         password_change_exempt_paths: Iterable[str] = ("/logout",),  # further exact paths they may reach
         content_security_policy: str = DEFAULT_CSP,
+        # path prefix -> the CSP of the responses under it, instead of content_security_policy
+        # (the longest matching prefix wins; "/docs" covers /docs and /docs/..., not /docsearch)
+        csp_by_path: Mapping[str, str] | None = None,
         permissions_policy: str = DEFAULT_PERMISSIONS_POLICY,
         hsts_max_age: int = 63_072_000,  # seconds (two years), sent over https only
     ) -> None:
@@ -323,6 +326,13 @@ class SecurityMiddleware:
         self.headers = security_headers(content_security_policy, permissions_policy)
         self._raw_headers = [(name.encode(), value.encode()) for name, value in self.headers]
         self.raw_security_headers = tuple(self._raw_headers)
+        # Longest prefix first, each with its whole header list built once, so a response costs one
+        # prefix scan (and nothing at all without the mapping).
+        self._raw_headers_by_path: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+        for prefix, csp in sorted((csp_by_path or {}).items(), key=lambda item: -len(item[0].rstrip("/"))):
+            raw = [(n.encode(), v.encode()) for n, v in security_headers(csp, permissions_policy)]
+            self._raw_headers_by_path.append((prefix.rstrip("/"), raw))
+        self._csp_prefixes = tuple(prefix for prefix, _ in self._raw_headers_by_path)
         self._raw_hsts = self.hsts.encode()
         proxies = [str(ipaddress.ip_network(p, strict=False)) for p in trusted_proxies]
         # uvicorn's implementation (rightmost untrusted X-Forwarded-For hop); none: the peer is the client.
@@ -400,7 +410,8 @@ class SecurityMiddleware:
                 # Raw header lists, not MutableHeaders: this runs on every response (bench/web.py).
                 raw = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in raw}
-                raw.extend(h for h in self._raw_headers if h[0] not in present)
+                added = self._path_headers(scope) if self._raw_headers_by_path else self._raw_headers
+                raw.extend(h for h in added if h[0] not in present)
                 if https:
                     raw.append((b"strict-transport-security", self._raw_hsts))
                 if ctx.user is not None or ctx._set_cookies:
@@ -748,6 +759,19 @@ class SecurityMiddleware:
         ]
         await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": raw})
         await send({"type": "websocket.http.response.body", "body": body})
+
+    def _path_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """The security headers of the longest ``csp_by_path`` prefix holding this path."""
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # the prefixes are the application's own paths
+            path = path[len(root) :]
+        if not path.startswith(self._csp_prefixes):  # most paths: one C call
+            return self._raw_headers
+        for prefix, raw in self._raw_headers_by_path:
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                return raw
+        return self._raw_headers
 
     # --- the middleware's own answers ----------------------------------------------------------
     async def _refuse(
