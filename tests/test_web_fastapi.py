@@ -513,3 +513,25 @@ async def test_a_500_from_outside_the_middleware_still_carries_the_headers(funda
     assert response.status_code == 500 and "a middleware bug" not in response.text
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+async def test_a_sprayer_past_the_ip_throttle_gets_429_with_retry_after(
+    make_settings: Callable[..., Settings], clock: Any
+) -> None:
+    from fundaments import initialize_fundaments
+
+    started = await initialize_fundaments(
+        make_settings(throttle_ip_failures=3), clock=clock, configure_logs=False
+    )
+    try:
+        async with served(build(fundaments=started)) as http:
+            answers = [
+                await http.post("/auth/login", json={"username": f"user{i}", "password": "guess guess guess"})
+                for i in range(5)
+            ]
+    finally:
+        await started.close()
+    assert [a.status_code for a in answers[:3]] == [401, 401, 401]
+    throttled = answers[-1]
+    assert throttled.status_code == 429 and throttled.json()["code"] == "login_throttled"
+    assert int(throttled.headers["retry-after"]) > 0
