@@ -15,6 +15,8 @@ import json
 from collections.abc import Awaitable, Callable
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fundaments.bootstrap import Fundaments
 from fundaments.clock import ManualClock
@@ -217,6 +219,24 @@ async def test_an_explicit_rotation_ends_the_previous_tokens_window(fundaments, 
     assert (row["previous_token_hash"], row["previous_until"], row["successor"]) == (None, None, None)
 
 
+async def test_a_successor_that_is_not_the_current_token_is_refused(fundaments, clock):
+    """Defence in depth: grace columns left behind by an older rotation (a restored backup, say)
+    lead to a dead token, never to a session."""
+    sessions: SessionManager = fundaments["sessions"]
+    db = fundaments["db"]
+    session, _ = await rotated_session(fundaments, clock)
+    [before] = await session_rows(fundaments)
+    async with db.transaction() as tx:
+        await sessions.rotate(tx, session.id)
+    await db.execute(
+        "UPDATE fundaments_sessions SET previous_token_hash = $1, previous_until = $2, successor = $3",
+        bytes(before["previous_token_hash"]),
+        before["previous_until"],
+        bytes(before["successor"]),
+    )
+    assert await sessions.validate(session.token, ALICE) is None
+
+
 async def test_a_disabled_account_gets_nothing_from_the_old_token(fundaments, clock):
     sessions: SessionManager = fundaments["sessions"]
     session, _ = await rotated_session(fundaments, clock)
@@ -262,7 +282,10 @@ async def test_a_database_dump_does_not_hold_the_new_token(fundaments, clock):
         assert needle.hex().encode() not in dump.encode()
     # Only the old token opens it; what the database knows of the old token (its hash) does not.
     assert open_successor(session.token, sealed, session.id) == new_token
-    assert open_successor(bytes(row["previous_token_hash"]).hex(), sealed, session.id) is None
+    previous_hash = bytes(row["previous_token_hash"])
+    with pytest.raises(InvalidTag):  # the stored hash is not the key
+        AESGCM(previous_hash).decrypt(sealed[:12], sealed[12:], session.id.encode())
+    assert open_successor(previous_hash.hex(), sealed, session.id) is None
     assert open_successor(new_token, sealed, session.id) is None
     assert open_successor(session.token, sealed, "another-session") is None
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
