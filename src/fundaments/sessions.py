@@ -398,7 +398,10 @@ class SessionManager:
         again, never touched; the same checks as any validation first. Read from the database
         every time (never the cache), so an end of the session is seen here at once."""
         if row is None:
-            row = await queries.lookup_previous(self._db, token_hash)
+            if self._lookup is not None:
+                row = await self._lookup.fetch_previous(token_hash)
+            else:
+                row = await queries.lookup_previous(self._db, token_hash)
             if row is None:
                 return None
         now = self._clock.now()

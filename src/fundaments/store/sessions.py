@@ -276,6 +276,7 @@ class PinnedLookup:
         self._conn: Any = None
         self._single: Any = None
         self._many: Any = None
+        self._previous: Any = None
         self._busy = False
         self._waiting: dict[bytes, list[asyncio.Future[LookupRow | None]]] = {}
         self._drainer: asyncio.Task[None] | None = None
@@ -304,6 +305,28 @@ class PinnedLookup:
             self._hand_over()
             if isinstance(exc, _BROKEN):
                 return await lookup(self._db, token_hash)
+            raise
+        if self._waiting:
+            self._hand_over()
+        else:
+            self._busy = False
+        return row
+
+    async def fetch_previous(self, token_hash: bytes) -> LookupRow | None:
+        """The LOOKUP_PREVIOUS row for ``token_hash`` (a miss of :meth:`fetch`, mostly), on the
+        pinned connection when it is free, else through the pool; never batched (it is rare)."""
+        previous = self._previous
+        if self._busy or previous is None or self._closed:
+            return await lookup_previous(self._db, token_hash)
+        self._busy = True
+        self._busy_since = time.monotonic()
+        try:
+            row: LookupRow | None = await previous.fetchrow(token_hash)
+        except BaseException as exc:  # as in fetch: never reuse a connection in an unknown state
+            self._discard()
+            self._hand_over()
+            if isinstance(exc, _BROKEN):
+                return await lookup_previous(self._db, token_hash)
             raise
         if self._waiting:
             self._hand_over()
@@ -351,12 +374,13 @@ class PinnedLookup:
                 conn = await asyncpg.connect(self._db.dsn)
                 self._single = await conn.prepare(LOOKUP)
                 self._many = await conn.prepare(LOOKUP_MANY)
+                self._previous = await conn.prepare(LOOKUP_PREVIOUS)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._retry_at = time.monotonic() + RETRY_PINNED_AFTER
                 raise StorageError(f"PostgreSQL error: {type(exc).__name__}: {exc}") from None
             if self._closed:  # closed while connecting
                 conn.terminate()
-                self._single = self._many = None
+                self._single = self._many = self._previous = None
                 raise StorageError("the session store is closed")
             self._conn = conn
         return self._conn
@@ -397,7 +421,7 @@ class PinnedLookup:
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
-        self._single = self._many = None
+        self._single = self._many = self._previous = None
         self._retry_at = time.monotonic() + RETRY_PINNED_AFTER
         if conn is not None:
             conn.terminate()
@@ -410,7 +434,7 @@ class PinnedLookup:
             with contextlib.suppress(asyncio.CancelledError):
                 await drainer
         conn, self._conn = self._conn, None
-        self._single = self._many = None
+        self._single = self._many = self._previous = None
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.close(), timeout=5)
