@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import pytest
+from alembic import command
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fundaments import initialize_fundaments
 from fundaments.bootstrap import Fundaments
 from fundaments.clock import ManualClock
+from fundaments.config import load_settings, parse_database_url
 from fundaments.errors import ConfigurationError
 from fundaments.models import RequestContext, Session
 from fundaments.security import Security
 from fundaments.sessions import SessionManager, open_successor, seal_successor
+from fundaments.store.migrate import _sqlite_engine, alembic_config
 from test_sessions import (
     ALICE,
     OTHER_AGENT,
@@ -430,3 +435,60 @@ async def test_a_bearer_grace_validation_from_a_new_network_gets_the_new_token(f
     assert moved is not None and moved.rotated_token == first.rotated_token
     assert await sessions.validate(session.token, PHONE_THIEF, bearer=True) is None
     assert await sessions.validate(first.rotated_token, PHONE, bearer=True) is None
+
+
+# --- the migration ------------------------------------------------------------------------------------
+def test_revision_0005_keeps_existing_sessions_valid(tmp_path, clock):
+    """A database at 0004 with a live session: after the upgrade it still validates, its grace
+    columns are NULL, and it rotates with a grace window like a new one; 0005 also downgrades."""
+    path = tmp_path / "old.db"
+    url = parse_database_url(f"sqlite:///{path}")
+    engine = _sqlite_engine(url)
+    with engine.connect() as connection:
+        command.upgrade(alembic_config(connection), "0004")
+        connection.commit()
+    engine.dispose()
+    token = "a" * 43
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO fundaments_users (id, username, password_hash, created_at, updated_at, "
+        "password_changed_at) VALUES (7, 'bob', 'x', 0, 0, 0)"
+    )
+    db.execute(
+        "INSERT INTO fundaments_sessions (token_hash, id, user_id, created_at, last_seen, expires_at, "
+        "ip_address, user_agent) VALUES (?, 's1', 7, ?, ?, ?, ?, ?)",
+        (
+            hashlib.sha256(token.encode()).digest(),
+            clock.now(),
+            clock.now(),
+            clock.now() + 3600,
+            ALICE.ip_address,
+            ALICE.user_agent,
+        ),
+    )
+    db.commit()
+    db.close()
+
+    async def exercise() -> None:
+        settings = load_settings(env_file=tmp_path / "absent.env", database_url=f"sqlite:///{path}")
+        f = await initialize_fundaments(settings, clock=clock, configure_logs=False)
+        try:
+            sessions: SessionManager = f["sessions"]
+            assert (await sessions.validate(token, ALICE)).id == "s1"
+            [row] = await session_rows(f)
+            assert (row["previous_token_hash"], row["previous_until"], row["successor"]) == (None, None, None)
+            await bump_epoch(f["db"], 7)
+            sessions.invalidate_cache()
+            rotated = (await sessions.validate(token, ALICE)).rotated_token
+            assert rotated and (await sessions.validate(token, ALICE)).rotated_token == rotated
+        finally:
+            await f.close()
+
+    asyncio.run(exercise())
+    engine = _sqlite_engine(url)
+    with engine.connect() as connection:
+        command.downgrade(alembic_config(connection), "0004")
+        connection.commit()
+        columns = {c[1] for c in connection.exec_driver_sql("PRAGMA table_info(fundaments_sessions)")}
+    engine.dispose()
+    assert "successor" not in columns and "token_hash" in columns
