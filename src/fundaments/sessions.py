@@ -561,11 +561,9 @@ class SessionManager:
                     tx=tx,
                 )
         if updated is None:  # the winner's new token, through the grace path, or nothing
-            return (
-                None
-                if raced is None
-                else await self._validate_previous(token, token_hash, ctx, binding, raced)
-            )
+            if raced is None:
+                return None
+            return await self._validate_previous(token, token_hash, ctx, binding, raced)
         return _session(updated, token=new_token, rotated_token=new_token, username=row[_USERNAME])
 
     # --- rotating and revoking -----------------------------------------------------------------
