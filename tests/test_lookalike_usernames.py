@@ -58,7 +58,9 @@ async def insert_legacy_user(fundaments: Fundaments, username: str) -> int:
 
 
 async def keys(fundaments: Fundaments) -> dict[str, str | None]:
-    rows = await fundaments["db"].fetch("SELECT username, username_skeleton FROM fundaments_users ORDER BY id")
+    rows = await fundaments["db"].fetch(
+        "SELECT username, username_skeleton FROM fundaments_users ORDER BY id"
+    )
     return {row["username"]: row["username_skeleton"] for row in rows}
 
 
@@ -77,7 +79,9 @@ async def test_a_lookalike_of_admin_cannot_register_beside_it(fundaments: Fundam
 
 
 @pytest.mark.parametrize("first", ["admın", "ádmin", "adrnin"])
-async def test_admin_cannot_register_once_a_lookalike_holds_the_key(fundaments: Fundaments, first: str) -> None:
+async def test_admin_cannot_register_once_a_lookalike_holds_the_key(
+    fundaments: Fundaments, first: str
+) -> None:
     security = security_of(fundaments)
     await security.register_user(first, PASSWORD)
     with pytest.raises(UserExistsError, match=r"looks like 'admin'.*Unicode TR 39"):
@@ -126,7 +130,11 @@ async def test_a_refused_name_costs_no_password_hash(fundaments: Fundaments) -> 
 
 @pytest.mark.parametrize(
     ("name", "scripts"),
-    [("pаypal", "Latin and Cyrillic"), ("иванjohn", "Cyrillic and Latin"), ("ελληνικάabc", "Greek and Latin")],
+    [
+        ("pаypal", "Latin and Cyrillic"),
+        ("иванjohn", "Cyrillic and Latin"),
+        ("ελληνικάabc", "Greek and Latin"),
+    ],
 )
 async def test_a_name_mixing_scripts_is_refused_with_the_rule(
     fundaments: Fundaments, name: str, scripts: str

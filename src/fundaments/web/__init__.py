@@ -1,11 +1,14 @@
 """fundaments.web: the ASGI integration (Starlette, FastAPI, any ASGI framework).
 
-    app.add_middleware(SecurityMiddleware, security=fundaments.security,
-                       trusted_proxies=fundaments.settings.trusted_proxies,
-                       allowed_hosts=fundaments.settings.allowed_hosts)
+    app = FastAPI()
+    install(app)                                      # middleware + lifespan (initialize/close)
+    app.include_router(auth_router(), prefix="/auth")  # JSON login, logout, me, sessions, csrf, ...
 
+Or, with a ``Security`` already started: ``Middleware(SecurityMiddleware, security=..., ...)``.
 See docs/web.md. Calls the ``Security`` facade only.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from fundaments.web.auth import (
     authenticated_user,
@@ -18,6 +21,8 @@ from fundaments.web.auth import (
     require_permission,
     use_rotated_session,
 )
+from fundaments.web.errors import Refused
+from fundaments.web.install import Installation, get_security, install
 from fundaments.web.middleware import (
     CSRF_FORM_FIELD,
     DEFAULT_CSP,
@@ -28,17 +33,35 @@ from fundaments.web.middleware import (
     get_context,
 )
 
+if TYPE_CHECKING:
+    from fundaments.web.router import auth_router
+
+
+def __getattr__(name: str) -> Any:
+    # auth_router needs FastAPI, an optional dependency: imported on first use only.
+    if name == "auth_router":
+        from fundaments.web.router import auth_router
+
+        return auth_router
+    raise AttributeError(f"module 'fundaments.web' has no attribute {name!r}")
+
+
 __all__ = [
     "CSRF_FORM_FIELD",
     "DEFAULT_CSP",
     "DEFAULT_PERMISSIONS_POLICY",
+    "Installation",
+    "Refused",
     "SecurityMiddleware",
     "WebContext",
+    "auth_router",
     "authenticated_user",
     "csrf_token",
     "csrf_token_for",
     "current_user",
     "get_context",
+    "get_security",
+    "install",
     "login",
     "login_required",
     "logout",

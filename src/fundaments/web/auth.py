@@ -3,7 +3,9 @@
 Every helper works on a request that went through :class:`SecurityMiddleware`; the cookies they
 change are written by the middleware on whatever response the route returns.
 
-FastAPI (``HTTPException`` becomes ``{"detail": ...}`` JSON with status 401 or 403)::
+FastAPI (a :class:`~fundaments.web.Refused` becomes ``{"detail": ..., "code": ...}`` JSON with status
+401 or 403 under :func:`~fundaments.web.install`, ``{"detail": ...}`` without it; on a WebSocket
+route the guards close the handshake with 1008)::
 
     @api.get("/me")
     async def me(user: User = Depends(current_user)) -> dict[str, str]: ...
@@ -21,23 +23,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from fundaments.errors import PermissionDenied
 from fundaments.security import LoginResult, Session, User
-from fundaments.web.middleware import get_context
+from fundaments.web.errors import Refused, refusal_body
+from fundaments.web.middleware import WS_POLICY_VIOLATION, get_context
+from fundaments.web.openapi import BEARER_SCHEME, COOKIE_SCHEME
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def login(request: HTTPConnection, username: str, password: str) -> LoginResult:
+async def login(request: HTTPConnection, username: str, password: str, *, cookie: bool = True) -> LoginResult:
     """Log in with this request's client IP, User-Agent and device cookie.
 
-    On success the session cookie and the device cookie are set on the response and the request
-    counts as authenticated from here on; a session presented before is ended (fixation). On
-    failure ``reason`` says why, for logs: show the user one generic message.
+    On success the session cookie and the device cookie are set on the response (``cookie=False``:
+    neither, for a client that keeps the token itself) and the request counts as authenticated
+    from here on; a session presented before is ended (fixation). On failure ``reason`` says why,
+    for logs: show the user one generic message.
     """
     ctx = get_context(request)
     result = await ctx.security.user_login(username, password, ctx.request_data)
@@ -46,9 +51,9 @@ async def login(request: HTTPConnection, username: str, password: str) -> LoginR
         previous = ctx.token
         if previous is not None and ctx.auth == "cookie":
             await ctx.security.user_logout(previous)
-        ctx.start_session(result.session.token, result.user, result.session)
+        ctx.start_session(result.session.token, result.user, result.session, cookie=cookie)
         request.scope["user"] = result.user
-        if result.device_token:
+        if result.device_token and cookie:
             ctx.set_device_token(result.device_token)
     return result
 
@@ -67,7 +72,7 @@ async def use_rotated_session(request: HTTPConnection, session: Session | None) 
     if session is not None and session.token is not None:
         ctx = get_context(request)
         user = await ctx.security.get_user(session.user_id)
-        ctx.start_session(session.token, user, session)
+        ctx.start_session(session.token, user, session, cookie=ctx.auth != "bearer")
         request.scope["user"] = user
 
 
@@ -82,27 +87,50 @@ def authenticated_user(request: HTTPConnection) -> User | None:
 
 
 # --- FastAPI dependencies (plain Starlette types: FastAPI accepts them; no FastAPI import) ----
-async def current_user(request: Request) -> User:
-    """The user of this request; 401 when there is none."""
+# Typed HTTPConnection, which FastAPI injects on HTTP and WebSocket routes alike. On a WebSocket
+# the refusal is a WebSocketException: FastAPI closes the handshake with 1008 (policy violation).
+def _refused(
+    connection: HTTPConnection, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Exception:
+    if connection.scope["type"] == "websocket":
+        return WebSocketException(WS_POLICY_VIOLATION, code.replace("_", " "))  # a short close reason
+    return Refused(status, code, detail, headers=headers)
+
+
+async def current_user(
+    request: HTTPConnection, _bearer: None = BEARER_SCHEME, _cookie: None = COOKIE_SCHEME
+) -> User:
+    """The user of this request or WebSocket; 401 (a WebSocket: close 1008) when there is none.
+
+    ``_bearer`` and ``_cookie`` only declare the OpenAPI security schemes (fundaments.web.openapi)."""
     user = get_context(request).user
     if user is None:
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+        raise _refused(
+            request,
+            401,
+            "authentication_required",
+            "Authentication required: send Authorization: Bearer <token> or the session cookie.",
+            {"WWW-Authenticate": "Bearer"},
+        )
     return user
 
 
-def require_permission(permission: str) -> Callable[[Request], Awaitable[User]]:
+def require_permission(permission: str) -> Callable[[HTTPConnection], Awaitable[User]]:
     """A dependency returning the user when they hold ``permission``.
 
-    401 without a user; 403 (and an audited ``permission.denied``) without the permission.
+    401 without a user; 403 (and an audited ``permission.denied``) without the permission. On a
+    WebSocket route both are a close with 1008.
     """
 
-    async def dependency(request: Request) -> User:
+    async def dependency(request: HTTPConnection) -> User:
         user = await current_user(request)
         ctx = get_context(request)
         try:
             await ctx.security.require_permission(user.id, permission, request_data=ctx.request_data)
         except PermissionDenied:
-            raise HTTPException(403, "permission denied") from None
+            raise _refused(
+                request, 403, "permission_denied", f"Permission denied: this needs {permission!r}."
+            ) from None
         return user
 
     dependency.__name__ = f"require_permission({permission!r})"
@@ -118,7 +146,8 @@ def _guarded(endpoint: Endpoint, check: Callable[[Request], Awaitable[object]]) 
         try:
             await check(request)
         except HTTPException as exc:
-            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            body = refusal_body(exc) if isinstance(exc, Refused) else {"detail": exc.detail}
+            return JSONResponse(body, exc.status_code, headers=exc.headers)
         return await endpoint(request)
 
     return guarded

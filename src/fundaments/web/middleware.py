@@ -30,10 +30,17 @@ For each HTTP request it
 Every refusal is JSON ``{"detail": ..., "code": ...}`` for API clients (``Accept: application/json``,
 a JSON body or a bearer token) and plain text for browsers, with one of the stable ``code`` values
 of :class:`Refusal`.
+
+A WebSocket handshake gets the Host check, the client IP and authentication the same way, from
+``Authorization: Bearer``, the subprotocol pair ``["fundaments.bearer", "<token>"]`` or the session
+cookie; the cookie only with a same-origin (or ``allowed_origins``) ``Origin``, against cross-site
+WebSocket hijacking. A refused handshake is never accepted (see docs/web.md, "WebSockets").
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -67,6 +74,8 @@ MAX_TOKEN_LENGTH = 256  # longer cookie or header values are garbage, not tokens
 DEVICE_COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: the OWASP device cookie outlives sessions
 USER_CACHE_SECONDS = 1.0  # how long an account read by the middleware is reused (DESIGN: <= 1 s)
 MAX_CACHED_USERS = 10_000
+DRAIN_FACTOR = 4  # a refused body up to 4x max_body_bytes more is read and dropped before the 413
+DRAIN_SECONDS = 5.0  # ... if it arrives within this time
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 DEFAULT_CSP = (
@@ -157,12 +166,17 @@ class WebContext:
             )
         return self._presession_csrf
 
-    def start_session(self, token: str, user: User | None, session: Session | None) -> None:
-        """Use ``token`` as this client's session from now on (the cookie is set on the response)."""
+    def start_session(
+        self, token: str, user: User | None, session: Session | None, *, cookie: bool = True
+    ) -> None:
+        """Use ``token`` as this client's session from now on: the cookie is set on the response,
+        unless ``cookie`` is False (a client that sends the token as a bearer token instead)."""
         if user is not None and self._forget_user is not None:
             self._forget_user(user.id)  # a login or password change: read the account afresh
-        self._token, self.user, self.session, self.auth = token, user, session, "cookie"
-        self._set_cookies.append(_cookie(self.cookies.session, token, secure=self.cookies.secure))
+        self._token, self.user, self.session = token, user, session
+        self.auth = "cookie" if cookie else "bearer"
+        if cookie:
+            self._set_cookies.append(_cookie(self.cookies.session, token, secure=self.cookies.secure))
 
     def set_device_token(self, token: str) -> None:
         self.device_token = token
@@ -201,11 +215,17 @@ class Refusal:
 
 HOST_NOT_ALLOWED = Refusal(400, "host_not_allowed", "Invalid Host header.")
 BODY_TOO_LARGE = Refusal(413, "body_too_large", "Request body too large.")
-CROSS_ORIGIN = Refusal(403, "cross_origin", "Forbidden: cross-origin request refused.")
+CROSS_ORIGIN = Refusal(
+    403,
+    "cross_origin",
+    "Forbidden: cross-origin request refused; send it from this site's own pages "
+    "(or list the origin in allowed_origins).",
+)
 CSRF_MISSING = Refusal(
     403,
     "csrf_missing",
-    "Forbidden: CSRF token missing; send the csrf_token form field or the X-CSRF-Token header.",
+    "Forbidden: CSRF token missing; send the X-CSRF-Token header (the csrf_token of GET /auth/csrf, "
+    "with auth_router) or the csrf_token form field.",
 )
 CSRF_MALFORMED = Refusal(403, "csrf_missing", "Forbidden: CSRF token missing (malformed form body).")
 CSRF_INVALID = Refusal(403, "csrf_invalid", "Forbidden: CSRF token invalid; reload the page and try again.")
@@ -216,6 +236,7 @@ PASSWORD_CHANGE_REQUIRED = Refusal(
     403, "password_change_required", "Change your password first; until then only that and logging out work."
 )
 SERVICE_BUSY = Refusal(503, "service_busy", "The service is busy; retry in a moment.")
+SERVICE_STARTING = Refusal(503, "service_starting", "The service is starting or stopping; retry in a moment.")
 RATE_LIMITED = Refusal(429, "rate_limited", "Too many requests; retry later.")
 SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 
@@ -223,19 +244,37 @@ SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 class _BoundedReceive:
     """``receive`` counting the body as it streams in; past ``limit`` bytes it raises BodyTooLarge."""
 
-    __slots__ = ("limit", "receive", "size", "tripped")
+    __slots__ = ("done", "limit", "receive", "size", "tripped")
 
     def __init__(self, receive: Receive, limit: int) -> None:
-        self.receive, self.limit, self.size, self.tripped = receive, limit, 0, False
+        self.receive, self.limit, self.size, self.tripped, self.done = receive, limit, 0, False, False
 
     async def __call__(self) -> Message:
         message = await self.receive()
         if message["type"] == "http.request":
             self.size += len(message.get("body", b""))
+            self.done = not message.get("more_body", False)
             if self.size > self.limit:
                 self.tripped = True
                 raise BodyTooLarge(f"request body over {self.limit} bytes")
+        else:
+            self.done = True
         return message
+
+    async def drain(self, most: int) -> None:
+        """Read and drop the rest of a refused body, if it ends within ``most`` more bytes and
+        DRAIN_SECONDS. A server that closes the connection with the body unread makes the client's
+        kernel see a reset, and most clients then lose the 413 they were sent (nginx's "lingering
+        close" does the same). A larger or slower body is cut off: the 413 goes out regardless."""
+        drained = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while not self.done and drained <= most:
+                    message = await self.receive()
+                    if message["type"] != "http.request":
+                        break
+                    drained += len(message.get("body", b""))
+                    self.done = not message.get("more_body", False)
 
 
 class SecurityMiddleware:
@@ -269,6 +308,7 @@ class SecurityMiddleware:
         self.csrf_exempt_paths = frozenset(csrf_exempt_paths)
         self.public_paths = tuple(public_paths)
         self.max_body_bytes = max_form_bytes if max_form_bytes is not None else max_body_bytes
+        self.max_drain_bytes = DRAIN_FACTOR * self.max_body_bytes  # read past a refusal at most
         self._too_large = Refusal(
             413, BODY_TOO_LARGE.code, f"Request body too large: the limit is {self.max_body_bytes} bytes."
         )
@@ -280,27 +320,27 @@ class SecurityMiddleware:
         self.allowed_hosts = frozenset(h for h in hosts if not h.startswith("*"))
         self.allowed_host_suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
         self.hsts = f"max-age={hsts_max_age}; includeSubDomains"
-        self.headers = [
-            ("content-security-policy", content_security_policy),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "same-origin"),
-            ("x-frame-options", "DENY"),
-            ("cross-origin-opener-policy", "same-origin"),
-            ("permissions-policy", permissions_policy),
-        ]
+        self.headers = security_headers(content_security_policy, permissions_policy)
         self._raw_headers = [(name.encode(), value.encode()) for name, value in self.headers]
+        self.raw_security_headers = tuple(self._raw_headers)
         self._raw_hsts = self.hsts.encode()
         proxies = [str(ipaddress.ip_network(p, strict=False)) for p in trusted_proxies]
         # uvicorn's implementation (rightmost untrusted X-Forwarded-For hop); none: the peer is the client.
         self._entry: ASGIApp = self._secured
         if proxies:
             self._entry = ProxyHeadersMiddleware(self._secured, proxies)  # type: ignore[arg-type,assignment]
+        self._websocket_entry: ASGIApp = self._websocket
+        if proxies:
+            self._websocket_entry = ProxyHeadersMiddleware(self._websocket, proxies)  # type: ignore[arg-type,assignment]
         self._warned_insecure = False
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket_entry(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -352,6 +392,7 @@ class SecurityMiddleware:
                 if bounded.tripped and not own:
                     # The app caught BodyTooLarge (FastAPI turns a failed body read into a 400).
                     replaced = own = True
+                    await bounded.drain(self.max_drain_bytes)
                     await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
                     own = False  # what the app sends after this is dropped
                     return
@@ -382,6 +423,8 @@ class SecurityMiddleware:
                 "refused %s %s: %s (Content-Length)", scope["method"], scope["path"], BODY_TOO_LARGE.code
             )
             own = True
+            if int(length) <= self.max_body_bytes + self.max_drain_bytes:
+                await bounded.drain(self.max_drain_bytes + self.max_body_bytes)
             await self._refuse(send_wrapper, headers, self._too_large, CONNECTION_CLOSE)
             return
         try:
@@ -400,6 +443,8 @@ class SecurityMiddleware:
             if started:
                 raise  # the response is on its way: the server closes the connection
             own = True
+            if bounded.tripped:
+                await bounded.drain(self.max_drain_bytes)
             await self._answer_exception(scope, send_wrapper, headers, exc, bounded.tripped)
 
     async def _answer_exception(
@@ -541,6 +586,11 @@ class SecurityMiddleware:
     ) -> tuple[Receive, Refusal | None]:
         if scope["path"] in self.csrf_exempt_paths:
             return receive, None
+        if not cookies_sent(headers) and "origin" not in headers and "referer" not in headers:
+            # No cookie: nothing a forged request could ride on, and no Origin or Referer: not a
+            # browser (browsers send Origin on every POST, "null" from opaque origins). A script's or
+            # an app's JSON login or register needs no pre-session token (docs/web.md, "CSRF").
+            return receive, None
         if not self._same_origin(scope, headers):
             return receive, CROSS_ORIGIN
         if ctx.auth == "cookie" and presented is not None:
@@ -582,6 +632,123 @@ class SecurityMiddleware:
         origin = origin.rstrip("/").lower()
         return origin == own or origin in self.allowed_origins
 
+    # --- WebSockets ----------------------------------------------------------------------------
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate one WebSocket handshake: refuse it before the app sees it, or hand it on
+        with the user on the scope (None for an anonymous handshake: the app decides)."""
+        headers = _request_headers(scope)
+        host = _hostname(headers.get("host", ""))
+        if not self._host_allowed(host):
+            log.warning(
+                "refused WebSocket %s: Host %r is not in ALLOWED_HOSTS (add it there to serve it)",
+                scope["path"], host[:100],
+            )  # fmt: skip
+            await self._deny_websocket(scope, send, HOST_NOT_ALLOWED)
+            return
+        secure = scope.get("scheme") in ("wss", "https")
+        # The cookie names of the page that opened the socket: its scheme is http(s), not ws(s).
+        cookie_names = self._cookie_names({"scheme": "https" if secure else "http"}, host)
+        cookies = cookie_parser(headers.get("cookie", ""))
+        client = scope.get("client")
+        client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
+        ctx = WebContext(
+            security=self.security,
+            client_ip=client_ip[:MAX_IP_LENGTH],
+            user_agent=headers.get("user-agent", ""),
+            cookies=cookie_names,
+            device_token=_plausible_token(cookies.get(cookie_names.device)),
+            _forget_user=self.forget_user,
+        )
+        scope[SCOPE_KEY] = ctx
+        scope["user"] = None
+
+        offered = _take_bearer_subprotocol(scope)  # the token leaves the scope before the app runs
+        presented, auth = self._presented_token(headers, cookies.get(cookie_names.session))
+        if offered is not None and auth != "bearer":  # Authorization first, then the subprotocol
+            presented, auth = _plausible_token(offered), "bearer"
+        refusal = None
+        if auth == "cookie" and not self._websocket_origin_allowed(scope, headers, secure):
+            # Cross-site WebSocket hijacking: a browser attaches the cookie to a handshake that any
+            # site opens, and no CORS rule stops it. No lookup is done for it.
+            refusal = CROSS_SITE_WEBSOCKET
+        elif presented is not None:
+            await self._authenticate_websocket(ctx, presented, auth)
+        if refusal is None and auth == "bearer" and ctx.auth != "bearer":
+            refusal = SESSION_INVALID
+        elif refusal is None and ctx.user is not None and ctx.user.must_change_password:
+            refusal = PASSWORD_CHANGE_REQUIRED
+        if refusal is not None:
+            log.warning("refused WebSocket %s: %s", scope["path"], refusal.code)
+            extra = BEARER_CHALLENGE if refusal is SESSION_INVALID else ()
+            await self._deny_websocket(scope, send, refusal, extra)
+            return
+        scope["user"] = ctx.user
+        remaining = scope.get("subprotocols") or ()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                # A browser fails the handshake unless the server picks one of the offered
+                # subprotocols: the marker, never the token.
+                if offered is not None and message.get("subprotocol") not in remaining:
+                    message["subprotocol"] = BEARER_SUBPROTOCOL
+                extra = [(b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies]
+                extra += [(name.encode(), value.encode()) for name, value in ctx._extra_headers]
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    async def _authenticate_websocket(
+        self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
+    ) -> None:
+        # TODO(lead): bearer=True (for auth == "bearer") once validate_session takes it.
+        session = await self.security.validate_session(token, ctx.request_data)
+        user = await self._user(session.user_id) if session is not None else None
+        if session is None or user is None or user.is_disabled:
+            if auth == "cookie":
+                ctx.end_session()  # the handshake response clears the dead cookie
+            return
+        ctx.user, ctx.session, ctx.auth, ctx._token = user, session, auth, token
+        if session.rotated_token:  # a privilege change: the old token is dead from now on
+            ctx._token = session.rotated_token
+            if auth == "cookie":
+                ctx._set_cookies.append(
+                    _cookie(ctx.cookies.session, session.rotated_token, secure=ctx.cookies.secure)
+                )
+            else:
+                ctx._extra_headers.append(("x-session-token", session.rotated_token))
+
+    def _websocket_origin_allowed(self, scope: Scope, headers: Mapping[str, str], secure: bool) -> bool:
+        """The handshake comes from this site's own pages (ws -> http, wss -> https, same Host) or
+        from one of ``allowed_origins``. No ``Origin`` (or ``null``) is not same-origin."""
+        origin = headers.get("origin")
+        if not origin:
+            return False
+        own = f"{'https' if secure else 'http'}://{headers.get('host', '')}".lower()
+        origin = origin.rstrip("/").lower()
+        return origin == own or origin in self.allowed_origins
+
+    async def _deny_websocket(
+        self, scope: Scope, send: Send, refusal: Refusal, extra: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Refuse a handshake before it is accepted: an HTTP answer with the refusal's status and
+        JSON where the server offers ``websocket.http.response`` (uvicorn does), else a close with
+        1008, which the server turns into a 403."""
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": refusal.code})
+            return
+        body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
+        raw = [
+            *self._raw_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *((name.encode(), value.encode()) for name, value in extra),
+        ]
+        await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+
     # --- the middleware's own answers ----------------------------------------------------------
     async def _refuse(
         self,
@@ -590,22 +757,8 @@ class SecurityMiddleware:
         refusal: Refusal,
         extra: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Answer ``refusal``: JSON ``{"detail", "code"}`` for API clients, plain text for browsers,
-        with the security headers."""
-        if _wants_json(headers):
-            body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
-            content_type = b"application/json"
-        else:
-            body = f"{refusal.detail}\n".encode()
-            content_type = b"text/plain; charset=utf-8"
-        raw = [
-            *self._raw_headers,
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        raw += [(b"cache-control", b"no-store"), *((n.encode(), v.encode()) for n, v in extra)]
-        await send({"type": "http.response.start", "status": refusal.status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        """Answer ``refusal`` with this middleware's security headers."""
+        await send_refusal(send, headers, refusal, extra, self._raw_headers)
 
     async def _redirect(self, send: Send, location: str) -> None:
         raw = [*self._raw_headers, (b"location", location.encode()), (b"content-length", b"0")]
@@ -628,8 +781,41 @@ _WANTED_HEADERS = frozenset(
         b"x-csrf-token",
     }
 )
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
 BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
+
+
+# WebSocket handshakes. A browser cannot set Authorization on one, so its bearer token travels as
+# a pair of offered subprotocols, ["fundaments.bearer", "<token>"]; the middleware removes both
+# from the scope and answers the marker, never the token.
+BEARER_SUBPROTOCOL = "fundaments.bearer"
+WS_POLICY_VIOLATION = 1008  # RFC 6455 7.4.1
+CROSS_SITE_WEBSOCKET = Refusal(
+    403,
+    "cross_origin",
+    "Forbidden: a WebSocket handshake with the session cookie must come from this site's own pages "
+    "(Origin); other clients authenticate with a bearer token.",
+)
+
+
+def _take_bearer_subprotocol(scope: Scope) -> str | None:
+    """The token offered as ``fundaments.bearer, <token>`` ("" when the marker has none), or None.
+
+    Both entries leave ``scope["subprotocols"]`` and the ``Sec-WebSocket-Protocol`` header, so
+    the application can neither choose the token as its subprotocol nor log it."""
+    offered = list(scope.get("subprotocols") or ())
+    if BEARER_SUBPROTOCOL not in offered:
+        return None
+    at = offered.index(BEARER_SUBPROTOCOL)
+    token = offered[at + 1] if at + 1 < len(offered) else ""
+    del offered[at : at + 2]
+    scope["subprotocols"] = offered
+    headers = [(n, v) for n, v in scope["headers"] if n.lower() != b"sec-websocket-protocol"]
+    if offered:
+        headers.append((b"sec-websocket-protocol", ", ".join(offered).encode("latin-1")))
+    scope["headers"] = headers
+    return token
 
 
 def _request_headers(scope: Scope) -> dict[str, str]:
@@ -645,6 +831,54 @@ def _request_headers(scope: Scope) -> dict[str, str]:
     return found
 
 
+def security_headers(content_security_policy: str, permissions_policy: str) -> list[tuple[str, str]]:
+    """The headers added to every response (HSTS apart: https only)."""
+    return [
+        ("content-security-policy", content_security_policy),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        ("x-frame-options", "DENY"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("permissions-policy", permissions_policy),
+    ]
+
+
+DEFAULT_RAW_HEADERS = [
+    (name.encode(), value.encode())
+    for name, value in security_headers(DEFAULT_CSP, DEFAULT_PERMISSIONS_POLICY)
+]
+
+
+async def send_refusal(
+    send: Send,
+    headers: Mapping[str, str],
+    refusal: Refusal,
+    extra: Iterable[tuple[str, str]] = (),
+    raw_headers: Iterable[tuple[bytes, bytes]] = DEFAULT_RAW_HEADERS,
+) -> None:
+    """Answer ``refusal``: JSON ``{"detail", "code"}`` for API clients, plain text for browsers,
+    with the security headers."""
+    if _wants_json(headers):
+        body = json.dumps({"detail": refusal.detail, "code": refusal.code}).encode()
+        content_type = b"application/json"
+    else:
+        body = f"{refusal.detail}\n".encode()
+        content_type = b"text/plain; charset=utf-8"
+    raw = [
+        *raw_headers,
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw += [(b"cache-control", b"no-store"), *((n.encode(), v.encode()) for n, v in extra)]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def cookies_sent(headers: Mapping[str, str]) -> bool:
+    """Whether the request carries any cookie (ambient credentials a forged request could use)."""
+    return bool(headers.get("cookie", "").strip())
+
+
 def _hostname(host_header: str) -> str:
     """The host name of a ``Host`` header, lower case, without port or IPv6 brackets."""
     host = host_header.strip().lower()
@@ -655,17 +889,35 @@ def _hostname(host_header: str) -> str:
 
 
 def _wants_json(headers: Mapping[str, str]) -> bool:
-    """An API client: it accepts JSON, sends JSON, or authenticates with a bearer token."""
-    if "application/json" in headers.get("accept", ""):
+    """An API client: it accepts JSON, sends JSON, or authenticates with a bearer token; or it is
+    neither a browser's page request (``Accept: text/html``) nor a form post (plain text for those)."""
+    accept = headers.get("accept", "")
+    if "application/json" in accept:
         return True
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
         return True
-    return headers.get("authorization", "")[:7].lower() == "bearer "
+    if headers.get("authorization", "")[:7].lower() == "bearer ":
+        return True
+    return "text/html" not in accept and content_type not in FORM_TYPES
+
+
+def browser_like(headers: Mapping[str, str]) -> bool:
+    """A request a browser may have sent: browsers add Origin to every POST (Referer, cookies).
+    A client with none of them keeps its session token itself: no cookie is set for it."""
+    return "origin" in headers or "referer" in headers or cookies_sent(headers)
 
 
 def _browser_page(scope: Scope, headers: Mapping[str, str]) -> bool:
-    return scope["method"] in ("GET", "HEAD") and not _wants_json(headers)
+    """A GET or HEAD that does not say it is an API client's: it may be a page, so a redirect."""
+    if scope["method"] not in ("GET", "HEAD"):
+        return False
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    return not (
+        "application/json" in headers.get("accept", "")
+        or content_type == "application/json"
+        or headers.get("authorization", "")[:7].lower() == "bearer "
+    )
 
 
 def _relative_location(value: bytes, own_host: str) -> bytes:
