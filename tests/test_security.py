@@ -122,7 +122,9 @@ async def test_disable_ends_every_session_and_permission_then_enable_restores_lo
     assert await security.check_permission(user.id, "anything:at_all")
 
 
-async def test_a_role_change_rotates_the_session_at_once(security: Security, request_data) -> None:
+async def test_a_role_change_rotates_the_session_at_once(
+    security: Security, fundaments, clock, request_data
+) -> None:
     user = await security.register_user("dev@example.com", PASSWORD)
     login = await security.user_login("dev@example.com", PASSWORD, request_data)
     assert login.session and login.session.token
@@ -131,6 +133,9 @@ async def test_a_role_change_rotates_the_session_at_once(security: Security, req
     await security.grant_role(user.id, "editor")
     session = await security.validate_session(login.session.token, request_data)
     assert session is not None and session.rotated_token
+    late = await security.validate_session(login.session.token, request_data)  # in the grace window
+    assert late is not None and late.rotated_token == session.rotated_token
+    clock.advance(fundaments.settings.session_rotation_grace)
     assert await security.validate_session(login.session.token, request_data) is None
     assert await security.validate_session(session.rotated_token, request_data) is not None
 

@@ -233,7 +233,7 @@ async def test_cookie_replayed_from_another_ip_is_refused_and_the_session_revoke
 
 
 async def test_privilege_change_rotates_the_session_cookie(
-    fundaments: Fundaments, http: httpx.AsyncClient, alice: User
+    fundaments: Fundaments, http: httpx.AsyncClient, alice: User, clock: Any
 ) -> None:
     await fundaments.security.create_role("analyst", permissions=["reports:read"])
     token = await login_token(fundaments)
@@ -243,6 +243,10 @@ async def test_privilege_change_rotates_the_session_cookie(
     new_line = set_cookies(response)["__Host-session"]
     new_token = cookie_value(new_line)
     assert new_token != token and new_line.endswith("; Path=/; HttpOnly; SameSite=Lax; Secure")
+    # A request in flight with the old cookie (SESSION_ROTATION_GRACE) gets the same new one.
+    late = await http.get("/private", headers=with_session(token))
+    assert late.status_code == 200 and cookie_value(set_cookies(late)["__Host-session"]) == new_token
+    clock.advance(fundaments.settings.session_rotation_grace)
     assert (await http.get("/private", headers=with_session(token))).status_code == 401  # old one dead
     again = await http.get("/private", headers=with_session(new_token))
     assert again.status_code == 200 and "__Host-session" not in set_cookies(again)

@@ -320,7 +320,7 @@ async def test_a_bearer_replayed_from_another_ip_is_refused(
 
 
 async def test_a_rotated_bearer_token_comes_back_in_the_handshake_response(
-    fundaments: Fundaments, live: Live, alice: User
+    fundaments: Fundaments, live: Live, alice: User, clock: Any
 ) -> None:
     await fundaments.security.create_role("analyst", permissions=["reports:read"])
     token = await login_token(fundaments)
@@ -329,6 +329,10 @@ async def test_a_rotated_bearer_token_comes_back_in_the_handshake_response(
         assert (await first_message(ws)) == {"reader": "alice"}
         rotated = ws.response.headers["x-session-token"]
     assert rotated != token
+    # Within SESSION_ROTATION_GRACE the old token still opens, answered with the same new token.
+    async with dial(live, "/ws/me", subprotocols=[BEARER, token]) as ws:
+        assert ws.response.headers["x-session-token"] == rotated
+    clock.advance(fundaments.settings.session_rotation_grace)
     assert (await refused(live, "/ws/me", subprotocols=[BEARER, token])).response.status_code == 401
     async with dial(live, "/ws/me", subprotocols=[BEARER, rotated]) as ws:
         assert (await first_message(ws))["user"] == "alice"

@@ -4,7 +4,9 @@ Only the SHA-256 of a token is stored, so a copy of the database yields no usabl
 Validation is one indexed read (on SQLite, run on the event loop); ``last_seen`` is written at
 most once per ``SESSION_TOUCH_INTERVAL`` by a background writer, in batches, off the request path.
 A small in-process cache may answer for ``SESSION_CACHE_SECONDS``; a revocation made here evicts at
-once, one made by another instance is seen within that bound. See docs/sessions.md.
+once, one made by another instance is seen within that bound. After a privilege-change rotation the
+previous token still answers, with the new token, for ``SESSION_ROTATION_GRACE`` seconds (parallel
+requests of a client in flight across the change). See docs/sessions.md.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fundaments.audit import AuditTrail
 from fundaments.clock import Clock
 from fundaments.config import Settings
 from fundaments.errors import FundamentsError, UnknownUserError
 from fundaments.models import RequestContext, Session, User
-from fundaments.store import Database, Executor
+from fundaments.store import Database, Executor, Row
 from fundaments.store import sessions as queries
 from fundaments.store.sessions import LookupRow
 
@@ -41,11 +47,15 @@ TOMBSTONE_SECONDS = 60.0  # a revoked hash stays out of the cache this long afte
 TOMBSTONE_PRUNE_AT = 1_000
 LOGGED_MISMATCHES_MAX = 10_000  # binding "log" mode: remembered (session, client) pairs
 REVOKE_AUDIT_MAX_IDS = 50
+SUCCESSOR_LABEL = b"fundaments/session-successor/v1\x00"  # domain separation of the sealing key
+NONCE_BYTES = 12
 
 _Request = RequestContext | Mapping[str, Any]
 
 # The tuple layout of queries.LOOKUP.
 _ID, _USER_ID, _CREATED, _LAST_SEEN, _EXPIRES, _IP, _UA, _EPOCH, _USERNAME, _USER_EPOCH, _DISABLED = range(11)
+# queries.LOOKUP_PREVIOUS adds these.
+_TOKEN_HASH, _PREVIOUS_UNTIL, _SUCCESSOR = range(11, 14)
 
 
 def hash_token(token: object) -> bytes | None:
@@ -53,6 +63,34 @@ def hash_token(token: object) -> bytes | None:
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH or not token.isascii():
         return None
     return hashlib.sha256(token.encode("ascii")).digest()
+
+
+def _successor_cipher(previous_token: str) -> AESGCM:
+    # A key only the holder of the previous token can derive: the database stores SHA-256 of the
+    # token alone, which says nothing about SHA-256 of the label and the token.
+    return AESGCM(hashlib.sha256(SUCCESSOR_LABEL + previous_token.encode("ascii")).digest())
+
+
+def seal_successor(previous_token: str, new_token: str, session_id: str) -> bytes:
+    """The new token of a rotated session, sealed with AES-256-GCM under a key derived from the
+    previous token and bound to the session id: a copy of the database does not reveal it."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + _successor_cipher(previous_token).encrypt(
+        nonce, new_token.encode("ascii"), session_id.encode("utf-8")
+    )
+
+
+def open_successor(previous_token: str, sealed: bytes, session_id: str) -> str | None:
+    """The token :func:`seal_successor` sealed, or None if ``sealed`` is not that (tampered, or
+    sealed under another token or session)."""
+    sealed = bytes(sealed)
+    try:
+        plain = _successor_cipher(previous_token).decrypt(
+            sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], session_id.encode("utf-8")
+        )
+        return plain.decode("ascii")
+    except (InvalidTag, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -72,7 +110,8 @@ def normalize_ip(text: str) -> str:
 
 
 def same_client_ip(stored: str, presented: str, mode: str) -> bool:
-    """Whether ``presented`` matches the session's ``stored`` (normalized) IP under ``mode``."""
+    """Whether ``presented`` matches the session's ``stored`` (normalized) IP under ``mode``
+    (``subnet``: the same /24 or /64; any other mode: the same address)."""
     if presented == stored:
         return True
     if mode == "subnet":
@@ -117,6 +156,8 @@ class SessionManager:
         self._clock = clock
         self._audit = audit
         self._binding = settings.session_binding
+        self._bearer_binding = settings.session_binding_bearer
+        self._grace = float(settings.session_rotation_grace)
         self._idle = float(settings.session_idle_timeout)
         self._absolute = float(settings.session_absolute_timeout)
         self._max_per_user = settings.session_max_per_user
@@ -196,7 +237,7 @@ class SessionManager:
             over = await queries.count_for_user(tx, user.id) - self._max_per_user + 1
         if over > 0:
             evicted = await queries.delete_oldest(tx, user.id, over)
-            self._forget_hashes(row["token_hash"] for row in evicted)
+            self._forget_rows(evicted)
             await self._audit_revoked(tx, user.id, [row["id"] for row in evicted], "max_per_user", context)
         token = secrets.token_urlsafe(TOKEN_BYTES)
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
@@ -237,19 +278,22 @@ class SessionManager:
         )
 
     # --- validating ------------------------------------------------------------------------------
-    async def validate(self, token: str, request_data: _Request) -> Session | None:
+    async def validate(self, token: str, request_data: _Request, *, bearer: bool = False) -> Session | None:
         """The live session for ``token`` seen from this client, or None.
 
         None for any token that is not a live session of an enabled user (whatever the string), a
-        timed-out session, or a binding mismatch (which revokes it, except in ``log`` mode). A
-        session older than its user's privilege epoch comes back with a new token in
-        ``rotated_token``; the presented token is dead from then on. Raises ValueError only when
-        ``request_data`` lacks or garbles ``ip_address``/``user_agent``.
+        timed-out session, or a binding mismatch (which revokes it, except where the binding mode
+        only logs). ``bearer``: the token came in an Authorization header rather than a cookie, so
+        SESSION_BINDING_BEARER applies instead of SESSION_BINDING. A session older than its user's
+        privilege epoch comes back with a new token in ``rotated_token``; for SESSION_ROTATION_GRACE
+        seconds the presented token still answers, with that same new token, then it is dead.
+        Raises ValueError only when ``request_data`` lacks or garbles ``ip_address``/``user_agent``.
         """
         ctx = RequestContext.coerce(request_data)
         token_hash = hash_token(token)
         if token_hash is None:
             return None
+        binding = self._bearer_binding if bearer else self._binding
         now = self._clock.now()
         row: LookupRow | None
         cached = self._cache.get(token_hash)
@@ -263,6 +307,8 @@ class SessionManager:
             else:
                 row = await queries.lookup(self._db, token_hash)
             if row is None:
+                if self._grace > 0:  # only a miss pays for the second look
+                    return await self._validate_previous(token, token_hash, ctx, binding)
                 return None
             last_seen = row[_LAST_SEEN]
             if self._pending or self._flushing:  # a touch not yet written is newer than the row
@@ -280,24 +326,15 @@ class SessionManager:
                 cached = self._cache[token_hash] = _Cached(row, now)
                 cached.last_seen = last_seen
 
-        if row[_DISABLED]:
+        if (
+            row[_DISABLED]
+            or now >= row[_EXPIRES]
+            or now - last_seen >= self._idle
+            or (binding != "off" and (row[_UA] != ctx.user_agent or row[_IP] != ctx.ip_address))
+        ) and await self._refused(token_hash, token_hash, row, last_seen, now, ctx, binding):
             return None
-        if now >= row[_EXPIRES]:
-            await self._expire(token_hash, row, "absolute", ctx)
-            return None
-        if now - last_seen >= self._idle:
-            await self._expire(token_hash, row, "idle", ctx)
-            return None
-        if self._binding != "off" and (row[_UA] != ctx.user_agent or row[_IP] != ctx.ip_address):
-            mismatch = self._mismatch(row, ctx)
-            if mismatch:
-                if self._binding == "log":
-                    await self._log_mismatch(token_hash, row, ctx, mismatch)
-                else:
-                    await self._hijack(token_hash, row, ctx, mismatch)
-                    return None
         if row[_EPOCH] < row[_USER_EPOCH]:
-            return await self._rotate_stale(token_hash, row, ctx)
+            return await self._rotate_stale(token, token_hash, row, ctx, binding)
         if now - last_seen >= self._touch_interval:
             last_seen = now
             self._pending[token_hash] = now
@@ -316,24 +353,97 @@ class SessionManager:
             username=row[_USERNAME],
         )
 
+    async def _refused(
+        self,
+        token_hash: bytes,
+        stored_hash: bytes,
+        row: LookupRow,
+        last_seen: float,
+        now: float,
+        ctx: RequestContext,
+        binding: str,
+    ) -> bool:
+        """Whether the session ``row`` must be refused to this client (ending it where the reason
+        calls for that). ``token_hash`` is the presented token's; ``stored_hash`` the row's key
+        (the same, except for a previous token in its grace window)."""
+        if row[_DISABLED]:
+            return True
+        if now >= row[_EXPIRES]:
+            await self._expire(stored_hash, row, "absolute", ctx)
+            return True
+        if now - last_seen >= self._idle:
+            await self._expire(stored_hash, row, "idle", ctx)
+            return True
+        if binding == "off":
+            return False
+        mismatch = self._mismatch(row, ctx, binding)
+        if not mismatch:
+            return False
+        if binding == "log" or (binding == "agent" and "user_agent" not in mismatch):
+            await self._log_mismatch(token_hash, row, ctx, mismatch, binding)
+            return False
+        await self._hijack(stored_hash, row, ctx, mismatch, binding)
+        return True
+
+    async def _validate_previous(
+        self,
+        token: str,
+        token_hash: bytes,
+        ctx: RequestContext,
+        binding: str,
+        row: LookupRow | None = None,
+    ) -> Session | None:
+        """The session ``token`` was rotated out of, if that was within SESSION_ROTATION_GRACE:
+        returned with the new token (the same one every time) in ``rotated_token``, never rotated
+        again, never touched; the same checks as any validation first. Read from the database
+        every time (never the cache), so an end of the session is seen here at once."""
+        if row is None:
+            if self._lookup is not None:
+                row = await self._lookup.fetch_previous(token_hash)
+            else:
+                row = await queries.lookup_previous(self._db, token_hash)
+            if row is None:
+                return None
+        now = self._clock.now()
+        if not now < row[_PREVIOUS_UNTIL]:
+            return None
+        stored_hash = bytes(row[_TOKEN_HASH])
+        last_seen = max(row[_LAST_SEEN], self._pending.get(stored_hash, 0.0))
+        if await self._refused(token_hash, stored_hash, row, last_seen, now, ctx, binding):
+            return None
+        new_token = open_successor(token, row[_SUCCESSOR], row[_ID])
+        if new_token is None or hash_token(new_token) != stored_hash:
+            return None
+        return _session(
+            row, last_seen=last_seen, token=new_token, rotated_token=new_token, username=row[_USERNAME]
+        )
+
     async def find(self, token: str) -> Session | None:
         """The live session for ``token`` with no binding check and no side effect (no touch, no
-        audit); for callers that already trust the token, such as change_password's current one."""
+        audit); for callers that already trust the token, such as change_password's current one.
+        A previous token within its rotation grace window finds the session it was rotated into."""
         token_hash = hash_token(token)
         if token_hash is None:
             return None
-        row = await queries.lookup(self._db, token_hash)
         now = self._clock.now()
+        row = await queries.lookup(self._db, token_hash)
+        stored_hash = token_hash
+        if row is None and self._grace > 0:
+            row = await queries.lookup_previous(self._db, token_hash)
+            if row is None or not now < row[_PREVIOUS_UNTIL]:
+                return None
+            stored_hash = bytes(row[_TOKEN_HASH])
         if row is None or row[_DISABLED] or now >= row[_EXPIRES]:
             return None
-        last_seen = max(row[_LAST_SEEN], self._pending.get(token_hash, 0.0))
+        last_seen = max(row[_LAST_SEEN], self._pending.get(stored_hash, 0.0))
         if now - last_seen >= self._idle:
             return None
         return _session(row, last_seen=last_seen, username=row[_USERNAME])
 
-    def _mismatch(self, row: LookupRow, ctx: RequestContext) -> list[str]:
+    @staticmethod
+    def _mismatch(row: LookupRow, ctx: RequestContext, binding: str) -> list[str]:
         mismatch = []
-        if not same_client_ip(row[_IP], ctx.ip_address, self._binding):
+        if not same_client_ip(row[_IP], ctx.ip_address, binding):
             mismatch.append("ip_address")
         if row[_UA] != ctx.user_agent:
             mismatch.append("user_agent")
@@ -371,32 +481,36 @@ class SessionManager:
             details=details,
         )
 
-    async def _expire(self, token_hash: bytes, row: LookupRow, reason: str, ctx: RequestContext) -> None:
-        self._forget_hashes([token_hash])
+    async def _expire(self, stored_hash: bytes, row: LookupRow, reason: str, ctx: RequestContext) -> None:
+        self._forget_hashes([stored_hash])
         async with self._db.transaction() as tx:
-            if await queries.delete_by_hash(tx, token_hash) is None:
+            deleted = await queries.delete_by_hash(tx, stored_hash)
+            if deleted is None:
                 return  # another request got there first
+            self._forget_rows([deleted])
             await self._record_about(row, ctx, "session.expired", {"reason": reason}, tx=tx)
 
     async def _hijack(
-        self, token_hash: bytes, row: LookupRow, ctx: RequestContext, mismatch: list[str]
+        self, stored_hash: bytes, row: LookupRow, ctx: RequestContext, mismatch: list[str], binding: str
     ) -> None:
-        self._forget_hashes([token_hash])
+        self._forget_hashes([stored_hash])
         async with self._db.transaction() as tx:
-            if await queries.delete_by_hash(tx, token_hash) is None:
+            deleted = await queries.delete_by_hash(tx, stored_hash)
+            if deleted is None:
                 return
+            self._forget_rows([deleted])
             await self._record_about(
                 row,
                 ctx,
                 "session.hijack_suspected",
-                {"binding": self._binding, "action": "revoked", **self._clients(row, ctx, mismatch)},
+                {"binding": binding, "action": "revoked", **self._clients(row, ctx, mismatch)},
                 tx=tx,
                 outcome="failure",
             )
         log.warning("session %s revoked: client changed (%s)", row[_ID], ", ".join(mismatch))
 
     async def _log_mismatch(
-        self, token_hash: bytes, row: LookupRow, ctx: RequestContext, mismatch: list[str]
+        self, token_hash: bytes, row: LookupRow, ctx: RequestContext, mismatch: list[str], binding: str
     ) -> None:
         key = (token_hash, ctx.ip_address, ctx.user_agent)
         if key in self._logged_mismatches:
@@ -408,29 +522,48 @@ class SessionManager:
             row,
             ctx,
             "session.hijack_suspected",
-            {"binding": "log", "action": "allowed", **self._clients(row, ctx, mismatch)},
+            {"binding": binding, "action": "allowed", **self._clients(row, ctx, mismatch)},
             outcome="failure",
         )
 
-    async def _rotate_stale(self, token_hash: bytes, row: LookupRow, ctx: RequestContext) -> Session | None:
+    async def _rotate_stale(
+        self, token: str, token_hash: bytes, row: LookupRow, ctx: RequestContext, binding: str
+    ) -> Session | None:
         new_token = secrets.token_urlsafe(TOKEN_BYTES)
         new_hash = hashlib.sha256(new_token.encode("ascii")).digest()
+        now = self._clock.now()
+        grace: dict[str, Any] = {}
+        if self._grace > 0:
+            grace = {
+                "previous_until": now + self._grace,
+                "successor": seal_successor(token, new_token, row[_ID]),
+            }
         self._forget_hashes([token_hash])
+        raced: LookupRow | None = None
         async with self._db.transaction() as tx:
-            updated = await queries.rotate_if_stale(tx, token_hash, new_hash, self._clock.now())
+            updated = await queries.rotate_if_stale(tx, token_hash, new_hash, now, **grace)
             if updated is None:
-                return None  # revoked or rotated by a concurrent request: the presented token is dead
-            await self._record_about(
-                row,
-                ctx,
-                "session.rotated",
-                {
-                    "reason": "privilege_change",
-                    "from_epoch": row[_EPOCH],
-                    "to_epoch": int(updated["privilege_epoch"]),
-                },
-                tx=tx,
-            )
+                # Revoked, or rotated by a concurrent request (here or on another instance): on
+                # PostgreSQL the UPDATE waited for that one to commit, so its row is visible now.
+                if self._grace > 0:
+                    raced = await queries.lookup_previous(tx, token_hash)
+            else:
+                await self._record_about(
+                    row,
+                    ctx,
+                    "session.rotated",
+                    {
+                        "reason": "privilege_change",
+                        "from_epoch": row[_EPOCH],
+                        "to_epoch": int(updated["privilege_epoch"]),
+                        "grace_seconds": self._grace,
+                    },
+                    tx=tx,
+                )
+        if updated is None:  # the winner's new token, through the grace path, or nothing
+            if raced is None:
+                return None
+            return await self._validate_previous(token, token_hash, ctx, binding, raced)
         return _session(updated, token=new_token, rotated_token=new_token, username=row[_USERNAME])
 
     # --- rotating and revoking -----------------------------------------------------------------
@@ -438,13 +571,14 @@ class SessionManager:
         """A new token for session ``session_id`` inside ``tx`` (after a password change, say).
 
         The session keeps its id and deadlines and takes its user's current privilege epoch;
-        the old token is dead once ``tx`` commits. Raises LookupError if there is no such session.
+        the old token is dead once ``tx`` commits, with no grace window, and so is a token still in
+        the grace window of an earlier rotation. Raises LookupError if there is no such session.
         """
         current = await queries.token_hash_for_id(tx, session_id)
         if current is None:
             raise LookupError(f"no session with id {session_id!r}")
         new_token = secrets.token_urlsafe(TOKEN_BYTES)
-        self._forget_hashes([bytes(current["token_hash"])])
+        self._forget_rows([current])  # the previous token's grace, if any, ends here too
         updated = await queries.rotate_by_id(
             tx, session_id, hashlib.sha256(new_token.encode("ascii")).digest(), self._clock.now()
         )
@@ -459,15 +593,19 @@ class SessionManager:
         return _session(updated, token=new_token, rotated_token=new_token)
 
     async def revoke(self, token: str) -> bool:
-        """Log out: end the session of ``token``. False if it was not a live session."""
+        """Log out: end the session of ``token`` (or of the session it was rotated into, within
+        the grace window). False if it was not a live session."""
         token_hash = hash_token(token)
         if token_hash is None:
             return False
         self._forget_hashes([token_hash])
         async with self._db.transaction() as tx:
             row = await queries.delete_by_hash(tx, token_hash)
+            if row is None and self._grace > 0:
+                row = await queries.delete_by_previous_hash(tx, token_hash, self._clock.now())
             if row is None:
                 return False
+            self._forget_rows([row])
             await self._audit.record(
                 "session.revoked",
                 tx=tx,
@@ -486,7 +624,7 @@ class SessionManager:
             row = await queries.delete_by_id(tx, user_id, session_id)
             if row is None:
                 return False
-            self._forget_hashes([bytes(row["token_hash"])])
+            self._forget_rows([row])
             await self._audit.record(
                 "session.revoked",
                 tx=tx,
@@ -517,7 +655,7 @@ class SessionManager:
         self, tx: Executor, user_id: int, except_session_id: str | None, reason: str
     ) -> int:
         rows = await queries.delete_all_for_user(tx, user_id, except_session_id)
-        self._forget_hashes(bytes(row["token_hash"]) for row in rows)
+        self._forget_rows(rows)
         if rows:
             await self._audit_revoked(tx, user_id, [row["id"] for row in rows], reason, None)
         return len(rows)
@@ -562,6 +700,16 @@ class SessionManager:
         """
         self._generation += 1
         self._cache.clear()
+
+    def _forget_rows(self, rows: Iterable[Row]) -> None:
+        """_forget_hashes for ended or re-keyed session rows: their token and any previous token
+        still in its grace window (a deleted row takes both with it)."""
+        hashes = []
+        for row in rows:
+            hashes.append(bytes(row["token_hash"]))
+            if row["previous_token_hash"] is not None:
+                hashes.append(bytes(row["previous_token_hash"]))
+        self._forget_hashes(hashes)
 
     def _forget_hashes(self, hashes: Iterable[bytes]) -> None:
         """Drop revoked sessions from the cache and keep them out of it for a while: a read that

@@ -180,12 +180,19 @@ class Settings(BaseSettings):
     throttle_ip_window: int = Field(default=900, ge=1)  # seconds
 
     # --- sessions -------------------------------------------------------------------------------
-    session_binding: Literal["strict", "subnet", "log", "off"] = "strict"
+    # strict: same IP and User-Agent | subnet: same /24 (/64) and User-Agent | agent: same
+    # User-Agent, an IP change is audited and allowed | log: both audited and allowed | off
+    session_binding: Literal["strict", "subnet", "agent", "log", "off"] = "strict"  # cookie sessions
+    # bearer (Authorization header) clients: phones roam between networks (docs/sessions.md)
+    session_binding_bearer: Literal["strict", "subnet", "agent", "log", "off"] = "agent"
     session_idle_timeout: int = Field(default=1_800, ge=1)  # seconds
     session_absolute_timeout: int = Field(default=43_200, ge=1)  # seconds
     session_max_per_user: int = Field(default=20, ge=1, le=10_000)
     session_touch_interval: int = Field(default=60, ge=0)  # seconds
     session_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # after a privilege-change rotation the previous token still answers, with the new one, this
+    # long (parallel requests in flight); 0: it is dead at once
+    session_rotation_grace: int = Field(default=30, ge=0, le=300)  # seconds
 
     # --- account lifecycle and recovery ---------------------------------------------------------
     # what a login name may be: the username, the account's email address, or either
@@ -316,7 +323,7 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("password_hasher", "session_binding", mode="before")
+    @field_validator("password_hasher", "session_binding", "session_binding_bearer", mode="before")
     @classmethod
     def _lower_choice(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

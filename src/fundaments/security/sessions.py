@@ -15,16 +15,19 @@ class SessionsPart(SecurityCore):
     """Sessions after login: ``validate_session``, ``user_logout``, ``logout_all``, listing, revoking."""
 
     async def validate_session(
-        self, token: str, request_data: RequestContext | Mapping[str, Any]
+        self, token: str, request_data: RequestContext | Mapping[str, Any], *, bearer: bool = False
     ) -> Session | None:
         """The live session for ``token`` from this client, or None (unknown, expired, revoked, or
-        a binding mismatch, which also revokes it). After a privilege change the session comes back
-        with a new token in ``rotated_token``: set it as the new cookie; the old one is dead.
+        a binding mismatch, which also revokes it). ``bearer=True`` for a token from an
+        ``Authorization: Bearer`` header: SESSION_BINDING_BEARER applies instead of SESSION_BINDING.
+        After a privilege change the session comes back with a new token in ``rotated_token``: send
+        it as the new cookie or header. The old token keeps answering, with that same new token, for
+        SESSION_ROTATION_GRACE seconds (requests already in flight), then it is dead.
 
         Never raises for any token; raises ValueError when ``request_data`` lacks ``ip_address``
         or ``user_agent``.
         """
-        return await self._sessions.validate(token, request_data)
+        return await self._sessions.validate(token, request_data, bearer=bearer)
 
     async def user_logout(self, token: str) -> bool:
         """End the session of ``token``; False if it was not a live session."""

@@ -3,8 +3,9 @@
 The hot path is :func:`lookup`: one primary-key read joined to the user row (for the disabled
 flag and the privilege epoch). On PostgreSQL it runs on :class:`PinnedLookup` — one dedicated
 connection with the statement prepared, the way SQLite has its reader — because a pool checkout
-and release per lookup costs as much as the query itself. Everything else is a write inside a
-transaction.
+and release per lookup costs as much as the query itself. Only when it misses does the session
+manager try :func:`lookup_previous` (the rotation grace window). Everything else is a write inside
+a transaction.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ LOOKUP_MANY = (
     "WHERE s.token_hash = ANY($1::bytea[])"
 )
 LOOKUP_WIDTH = 11  # columns of LOOKUP; LOOKUP_MANY adds the token hash
+# A session by the token it had before its last privilege-change rotation: LOOKUP's columns, then
+# the current token hash, the end of the grace window and the sealed successor token.
+LOOKUP_PREVIOUS = (
+    "SELECT s.id, s.user_id, s.created_at, s.last_seen, s.expires_at, s.ip_address, s.user_agent, "
+    "s.privilege_epoch, u.username, u.privilege_epoch AS user_epoch, u.is_disabled, "
+    "s.token_hash, s.previous_until, s.successor "
+    "FROM fundaments_sessions s JOIN fundaments_users u ON u.id = s.user_id "
+    "WHERE s.previous_token_hash = $1"
+)
 MAX_BATCH = 500  # token hashes per batched lookup
 RETRY_PINNED_AFTER = 5.0  # seconds on the pool after the pinned connection failed
 
@@ -53,6 +63,12 @@ RETRY_PINNED_AFTER = 5.0  # seconds on the pool after the pinned connection fail
 async def lookup(db: Executor, token_hash: bytes) -> LookupRow | None:
     """The session with this token hash and its user's epoch, disabled flag and name."""
     return await db.fetchrow(LOOKUP, token_hash)
+
+
+async def lookup_previous(db: Executor, token_hash: bytes) -> LookupRow | None:
+    """The session whose previous token has this hash (a LOOKUP_PREVIOUS row), whatever its
+    deadline: the caller checks ``previous_until``."""
+    return await db.fetchrow(LOOKUP_PREVIOUS, token_hash)
 
 
 async def lock_user(tx: Executor, user_id: int) -> Row | None:
@@ -68,7 +84,7 @@ async def lock_user(tx: Executor, user_id: int) -> Row | None:
 async def delete_expired_for_user(tx: Executor, user_id: int, now: float, idle_cutoff: float) -> list[Row]:
     return await tx.fetch(
         "DELETE FROM fundaments_sessions WHERE user_id = $1 AND (expires_at <= $2 OR last_seen <= $3) "
-        "RETURNING id, token_hash",
+        "RETURNING id, token_hash, previous_token_hash",
         user_id,
         now,
         idle_cutoff,
@@ -84,7 +100,7 @@ async def delete_oldest(tx: Executor, user_id: int, how_many: int) -> list[Row]:
     return await tx.fetch(
         "DELETE FROM fundaments_sessions WHERE token_hash IN ("
         "SELECT token_hash FROM fundaments_sessions WHERE user_id = $1 "
-        "ORDER BY created_at, id LIMIT $2) RETURNING id, token_hash",
+        "ORDER BY created_at, id LIMIT $2) RETURNING id, token_hash, previous_token_hash",
         user_id,
         how_many,
     )
@@ -118,13 +134,26 @@ async def insert(
 
 async def delete_by_hash(tx: Executor, token_hash: bytes) -> Row | None:
     return await tx.fetchrow(
-        "DELETE FROM fundaments_sessions WHERE token_hash = $1 RETURNING id, user_id", token_hash
+        "DELETE FROM fundaments_sessions WHERE token_hash = $1 "
+        "RETURNING id, user_id, token_hash, previous_token_hash",
+        token_hash,
+    )
+
+
+async def delete_by_previous_hash(tx: Executor, token_hash: bytes, now: float) -> Row | None:
+    """End the session whose previous token (still in its grace window) has this hash."""
+    return await tx.fetchrow(
+        "DELETE FROM fundaments_sessions WHERE previous_token_hash = $1 AND previous_until > $2 "
+        "RETURNING id, user_id, token_hash, previous_token_hash",
+        token_hash,
+        now,
     )
 
 
 async def delete_by_id(tx: Executor, user_id: int, session_id: str) -> Row | None:
     return await tx.fetchrow(
-        "DELETE FROM fundaments_sessions WHERE id = $1 AND user_id = $2 RETURNING id, token_hash",
+        "DELETE FROM fundaments_sessions WHERE id = $1 AND user_id = $2 "
+        "RETURNING id, user_id, token_hash, previous_token_hash",
         session_id,
         user_id,
     )
@@ -133,40 +162,62 @@ async def delete_by_id(tx: Executor, user_id: int, session_id: str) -> Row | Non
 async def delete_all_for_user(tx: Executor, user_id: int, except_session_id: str | None) -> list[Row]:
     if except_session_id is None:
         return await tx.fetch(
-            "DELETE FROM fundaments_sessions WHERE user_id = $1 RETURNING id, token_hash", user_id
+            "DELETE FROM fundaments_sessions WHERE user_id = $1 "
+            "RETURNING id, token_hash, previous_token_hash",
+            user_id,
         )
     return await tx.fetch(
-        "DELETE FROM fundaments_sessions WHERE user_id = $1 AND id <> $2 RETURNING id, token_hash",
+        "DELETE FROM fundaments_sessions WHERE user_id = $1 AND id <> $2 "
+        "RETURNING id, token_hash, previous_token_hash",
         user_id,
         except_session_id,
     )
 
 
-async def rotate_if_stale(tx: Executor, old_hash: bytes, new_hash: bytes, now: float) -> Row | None:
-    """Give the session a new token hash if its epoch is behind its user's; the updated row."""
+async def rotate_if_stale(
+    tx: Executor,
+    old_hash: bytes,
+    new_hash: bytes,
+    now: float,
+    *,
+    previous_until: float | None = None,
+    successor: bytes | None = None,
+) -> Row | None:
+    """Give the session a new token hash if its epoch is behind its user's; the updated row.
+
+    The old hash, ``previous_until`` and the sealed ``successor`` go into the same row (all NULL
+    when there is no grace window), replacing those of any earlier rotation.
+    """
     return await tx.fetchrow(
         "UPDATE fundaments_sessions SET token_hash = $2, last_seen = $3, privilege_epoch = "
-        "(SELECT u.privilege_epoch FROM fundaments_users u WHERE u.id = fundaments_sessions.user_id) "
+        "(SELECT u.privilege_epoch FROM fundaments_users u WHERE u.id = fundaments_sessions.user_id), "
+        "previous_token_hash = $4, previous_until = $5, successor = $6 "
         "WHERE token_hash = $1 AND privilege_epoch < "
         "(SELECT u.privilege_epoch FROM fundaments_users u WHERE u.id = fundaments_sessions.user_id) "
         "RETURNING id, user_id, created_at, last_seen, expires_at, ip_address, user_agent, privilege_epoch",
         old_hash,
         new_hash,
         now,
+        old_hash if previous_until is not None else None,
+        previous_until,
+        successor,
     )
 
 
 async def token_hash_for_id(tx: Executor, session_id: str) -> Row | None:
     return await tx.fetchrow(
-        "SELECT token_hash, user_id FROM fundaments_sessions WHERE id = $1 FOR UPDATE", session_id
+        "SELECT token_hash, previous_token_hash, user_id FROM fundaments_sessions WHERE id = $1 FOR UPDATE",
+        session_id,
     )
 
 
 async def rotate_by_id(tx: Executor, session_id: str, new_hash: bytes, now: float) -> Row | None:
-    """A new token hash for the session, at its user's current epoch; the updated row."""
+    """A new token hash for the session, at its user's current epoch, with no grace for the
+    previous token (any earlier one's ends too); the updated row."""
     return await tx.fetchrow(
         "UPDATE fundaments_sessions SET token_hash = $2, last_seen = $3, privilege_epoch = "
-        "(SELECT u.privilege_epoch FROM fundaments_users u WHERE u.id = fundaments_sessions.user_id) "
+        "(SELECT u.privilege_epoch FROM fundaments_users u WHERE u.id = fundaments_sessions.user_id), "
+        "previous_token_hash = NULL, previous_until = NULL, successor = NULL "
         "WHERE id = $1 "
         "RETURNING id, user_id, created_at, last_seen, expires_at, ip_address, user_agent, privilege_epoch",
         session_id,
@@ -225,6 +276,7 @@ class PinnedLookup:
         self._conn: Any = None
         self._single: Any = None
         self._many: Any = None
+        self._previous: Any = None
         self._busy = False
         self._waiting: dict[bytes, list[asyncio.Future[LookupRow | None]]] = {}
         self._drainer: asyncio.Task[None] | None = None
@@ -253,6 +305,28 @@ class PinnedLookup:
             self._hand_over()
             if isinstance(exc, _BROKEN):
                 return await lookup(self._db, token_hash)
+            raise
+        if self._waiting:
+            self._hand_over()
+        else:
+            self._busy = False
+        return row
+
+    async def fetch_previous(self, token_hash: bytes) -> LookupRow | None:
+        """The LOOKUP_PREVIOUS row for ``token_hash`` (a miss of :meth:`fetch`, mostly), on the
+        pinned connection when it is free, else through the pool; never batched (it is rare)."""
+        previous = self._previous
+        if self._busy or previous is None or self._closed:
+            return await lookup_previous(self._db, token_hash)
+        self._busy = True
+        self._busy_since = time.monotonic()
+        try:
+            row: LookupRow | None = await previous.fetchrow(token_hash)
+        except BaseException as exc:  # as in fetch: never reuse a connection in an unknown state
+            self._discard()
+            self._hand_over()
+            if isinstance(exc, _BROKEN):
+                return await lookup_previous(self._db, token_hash)
             raise
         if self._waiting:
             self._hand_over()
@@ -300,12 +374,13 @@ class PinnedLookup:
                 conn = await asyncpg.connect(self._db.dsn)
                 self._single = await conn.prepare(LOOKUP)
                 self._many = await conn.prepare(LOOKUP_MANY)
+                self._previous = await conn.prepare(LOOKUP_PREVIOUS)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._retry_at = time.monotonic() + RETRY_PINNED_AFTER
                 raise StorageError(f"PostgreSQL error: {type(exc).__name__}: {exc}") from None
             if self._closed:  # closed while connecting
                 conn.terminate()
-                self._single = self._many = None
+                self._single = self._many = self._previous = None
                 raise StorageError("the session store is closed")
             self._conn = conn
         return self._conn
@@ -346,7 +421,7 @@ class PinnedLookup:
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
-        self._single = self._many = None
+        self._single = self._many = self._previous = None
         self._retry_at = time.monotonic() + RETRY_PINNED_AFTER
         if conn is not None:
             conn.terminate()
@@ -359,7 +434,7 @@ class PinnedLookup:
             with contextlib.suppress(asyncio.CancelledError):
                 await drainer
         conn, self._conn = self._conn, None
-        self._single = self._many = None
+        self._single = self._many = self._previous = None
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.close(), timeout=5)

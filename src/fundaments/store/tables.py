@@ -137,9 +137,17 @@ sessions = Table(
     Column("ip_address", String(64), nullable=False),
     Column("user_agent", String(512), nullable=False),
     Column("privilege_epoch", Integer, nullable=False, server_default="0"),
+    # Revision 0005, the rotation grace window: after a privilege-change rotation the previous
+    # token's SHA-256, until when it still answers, and the new token sealed (AES-256-GCM) under a
+    # key derived from the previous token, so only its holder can recover the new one. NULL
+    # otherwise; an explicit rotation (a password change) clears them.
+    Column("previous_token_hash", LargeBinary(32), nullable=True),
+    Column("previous_until", Timestamp, nullable=True),
+    Column("successor", LargeBinary(96), nullable=True),
 )
 Index(f"ix_{PREFIX}sessions_expires_at", sessions.c.expires_at)
 Index(f"ix_{PREFIX}sessions_last_seen", sessions.c.last_seen)  # the purge finds idle sessions
+Index(f"ix_{PREFIX}sessions_previous_token_hash", sessions.c.previous_token_hash)  # the grace lookup
 
 # --- access control (issue: access control) -------------------------------------------------------
 roles = Table(
