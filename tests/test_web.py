@@ -475,13 +475,32 @@ async def test_bearer_token_rotation_is_returned_in_a_header(
     assert (await http.get("/api/me", headers={"authorization": f"Bearer {new}"})).status_code == 200
 
 
-async def test_bearer_replayed_from_another_ip_is_refused(
+async def test_bearer_from_another_network_is_audited_and_from_another_client_refused(
+    fundaments: Fundaments, app: Starlette, alice: User
+) -> None:
+    """SESSION_BINDING_BEARER=agent: a phone changes networks all day (the IP change is audited);
+    a token replayed by another program (another User-Agent) is a theft and kills the session."""
+    token = await login_token(fundaments, ip="203.0.113.7")
+    async with client(app, ip="198.51.100.66") as roaming:
+        moved = await roaming.get("/api/me", headers={"authorization": f"Bearer {token}"})
+        assert moved.status_code == 200
+        (event,) = await fundaments.security.audit_events(kind="session.hijack_suspected")
+        assert event.details["action"] == "allowed" and event.details["mismatch"] == ["ip_address"]
+        stolen = await roaming.get(
+            "/api/me", headers={"authorization": f"Bearer {token}", "user-agent": "curl/8"}
+        )
+        assert stolen.status_code == 401
+        after = await roaming.get("/api/me", headers={"authorization": f"Bearer {token}"})
+        assert after.status_code == 401  # revoked for good
+
+
+async def test_a_cookie_from_another_ip_is_still_refused(
     fundaments: Fundaments, app: Starlette, alice: User
 ) -> None:
     token = await login_token(fundaments, ip="203.0.113.7")
     async with client(app, ip="198.51.100.66") as thief:
-        response = await thief.get("/api/me", headers={"authorization": f"Bearer {token}"})
-    assert response.status_code == 401
+        response = await thief.get("/me", headers=with_session(token))
+    assert response.json()["user"] is None  # SESSION_BINDING=strict for cookies
 
 
 # --- client IP and proxies ----------------------------------------------------------------------

@@ -164,13 +164,14 @@ def dial(
     headers: dict[str, str] | None = None,
     subprotocols: list[str] | None = None,
     sock: socket.socket | None = None,
+    user_agent: str = UA,
 ) -> Any:
     return connect(
         live.url(path),
         origin=origin,  # type: ignore[arg-type]
         additional_headers=headers,
         subprotocols=subprotocols,  # type: ignore[arg-type]
-        user_agent_header=UA,
+        user_agent_header=user_agent,
         open_timeout=30,
         sock=sock,
     )
@@ -311,11 +312,15 @@ async def test_a_logged_out_bearer_is_refused(fundaments: Fundaments, live: Live
     assert denied.response.status_code == 401
 
 
-async def test_a_bearer_replayed_from_another_ip_is_refused(
+async def test_a_bearer_replayed_by_another_client_is_refused(
     fundaments: Fundaments, live: Live, alice: User
 ) -> None:
-    token = await login_token(fundaments, ip="198.51.100.9")  # SESSION_BINDING=strict by default
-    denied = await refused(live, "/ws/me", headers={"authorization": f"Bearer {token}"})
+    """SESSION_BINDING_BEARER=agent: another IP alone is a roaming phone; another User-Agent is
+    another program holding the token."""
+    token = await login_token(fundaments, ip="198.51.100.9")
+    denied = await refused(
+        live, "/ws/me", headers={"authorization": f"Bearer {token}"}, user_agent="thief/1.0"
+    )
     assert denied.response.status_code == 401
 
 
@@ -395,10 +400,10 @@ async def test_forwarded_for_counts_only_from_a_trusted_proxy(
         return {"authorization": f"Bearer {token}", "x-forwarded-for": "198.51.100.9"}
 
     untrusted: Live = await serve()
-    token = await login_token(fundaments, ip="198.51.100.9")  # the peer 127.0.0.1 is the client here
-    assert (await refused(untrusted, "/ws/me", headers=auth(token))).response.status_code == 401
+    token = await login_token(fundaments, ip="198.51.100.9")
+    async with dial(untrusted, "/ws/me", headers=auth(token)) as ws:  # bearer binding: IP logged only
+        assert (await first_message(ws))["client_ip"] == "127.0.0.1"  # the peer, not the header
     behind_proxy: Live = await serve(trusted_proxies=["127.0.0.1"])
-    token = await login_token(fundaments, ip="198.51.100.9")  # the mismatch above revoked the first
     async with dial(behind_proxy, "/ws/me", headers=auth(token)) as ws:
         body = await first_message(ws)
     assert body["user"] == "alice" and body["client_ip"] == "198.51.100.9"

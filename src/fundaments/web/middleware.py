@@ -496,7 +496,8 @@ class SecurityMiddleware:
         presented, auth = self._presented_token(headers, cookies.get(ctx.cookies.session))
         if self.public_paths and path.startswith(self.public_paths):
             # Assets: no lookup, and no clearing of a cookie that a parallel page request may
-            # just have rotated (the old token is dead at once; clearing would log the user out).
+            # just have rotated (past SESSION_ROTATION_GRACE the old token is dead; clearing would
+            # log the user out).
             presented, auth = None, None
         if presented is not None:
             await self._authenticate(ctx, presented, auth)
@@ -554,14 +555,15 @@ class SecurityMiddleware:
     async def _authenticate(
         self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
     ) -> None:
-        session = await self.security.validate_session(token, ctx.request_data)
+        # SESSION_BINDING for cookies, SESSION_BINDING_BEARER for bearer clients (which roam networks).
+        session = await self.security.validate_session(token, ctx.request_data, bearer=auth == "bearer")
         user = await self._user(session.user_id) if session is not None else None
         if session is None or user is None or user.is_disabled:
             if auth == "cookie":
                 ctx.end_session()  # a dead cookie is cleared, not sent forever
             return
         ctx.user, ctx.session, ctx.auth, ctx._token = user, session, auth, token
-        if session.rotated_token:  # a privilege change: the old token is dead from now on
+        if session.rotated_token:  # a privilege change: the old token lives SESSION_ROTATION_GRACE more
             ctx._token = session.rotated_token
             if auth == "cookie":
                 ctx._set_cookies.append(
@@ -713,15 +715,14 @@ class SecurityMiddleware:
     async def _authenticate_websocket(
         self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
     ) -> None:
-        # TODO(lead): bearer=True (for auth == "bearer") once validate_session takes it.
-        session = await self.security.validate_session(token, ctx.request_data)
+        session = await self.security.validate_session(token, ctx.request_data, bearer=auth == "bearer")
         user = await self._user(session.user_id) if session is not None else None
         if session is None or user is None or user.is_disabled:
             if auth == "cookie":
                 ctx.end_session()  # the handshake response clears the dead cookie
             return
         ctx.user, ctx.session, ctx.auth, ctx._token = user, session, auth, token
-        if session.rotated_token:  # a privilege change: the old token is dead from now on
+        if session.rotated_token:  # a privilege change: the old token lives SESSION_ROTATION_GRACE more
             ctx._token = session.rotated_token
             if auth == "cookie":
                 ctx._set_cookies.append(
