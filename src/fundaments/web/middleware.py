@@ -372,18 +372,7 @@ class SecurityMiddleware:
 
         cookie_names = self._cookie_names(scope, host)
         cookies = cookie_parser(headers.get("cookie", ""))
-        client = scope.get("client")
-        client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
-        ctx = WebContext(
-            security=self.security,
-            # A forwarded "address" longer than any IP is garbage from the proxy's header: keep it
-            # bounded (request_data refuses longer ones with ValueError, which would be a 500).
-            client_ip=client_ip[:MAX_IP_LENGTH],
-            user_agent=headers.get("user-agent", ""),
-            cookies=cookie_names,
-            device_token=_plausible_token(cookies.get(cookie_names.device)),
-            _forget_user=self.forget_user,
-        )
+        ctx = self._context(scope, headers, cookie_names, cookies)
         ctx._presession_csrf = _plausible_token(cookies.get(cookie_names.csrf))
         scope[SCOPE_KEY] = ctx
         scope["user"] = None
@@ -517,6 +506,23 @@ class SecurityMiddleware:
         if scope["method"] not in SAFE_METHODS and ctx.auth != "bearer":
             return await self._check_csrf(scope, receive, headers, ctx, presented)
         return receive, None
+
+    def _context(
+        self, scope: Scope, headers: Mapping[str, str], names: CookieNames, cookies: Mapping[str, str]
+    ) -> WebContext:
+        """The WebContext of an HTTP request or a WebSocket handshake, before authentication."""
+        client = scope.get("client")
+        client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
+        return WebContext(
+            security=self.security,
+            # A forwarded "address" longer than any IP is garbage from the proxy's header: keep it
+            # bounded (request_data refuses longer ones with ValueError, which would be a 500).
+            client_ip=client_ip[:MAX_IP_LENGTH],
+            user_agent=headers.get("user-agent", ""),
+            cookies=names,
+            device_token=_plausible_token(cookies.get(names.device)),
+            _forget_user=self.forget_user,
+        )
 
     def _host_allowed(self, host: str) -> bool:
         if self.any_host or host in self.allowed_hosts:
@@ -662,16 +668,7 @@ class SecurityMiddleware:
         # The cookie names of the page that opened the socket: its scheme is http(s), not ws(s).
         cookie_names = self._cookie_names({"scheme": "https" if secure else "http"}, host)
         cookies = cookie_parser(headers.get("cookie", ""))
-        client = scope.get("client")
-        client_ip = client[0] if client else "0.0.0.0"  # noqa: S104 - no peer (in-process tests)
-        ctx = WebContext(
-            security=self.security,
-            client_ip=client_ip[:MAX_IP_LENGTH],
-            user_agent=headers.get("user-agent", ""),
-            cookies=cookie_names,
-            device_token=_plausible_token(cookies.get(cookie_names.device)),
-            _forget_user=self.forget_user,
-        )
+        ctx = self._context(scope, headers, cookie_names, cookies)
         scope[SCOPE_KEY] = ctx
         scope["user"] = None
 
