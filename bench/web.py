@@ -11,8 +11,9 @@ loopback port, a SQLite file in a temporary directory, cheap Argon2 for the set-
 - Starlette: the bare route; the route behind ``SecurityMiddleware`` with the session cookie; the
   same with ``Authorization: Bearer`` (the server logs in in-process and hands the token over);
 - FastAPI: the bare route; the route with ``install(app)`` and ``Depends(current_user)``, through
-  a bearer token and through the session cookie, both from one JSON ``POST /auth/login``
-  (``auth_router(registration=True)`` is mounted after the route; the bench registers over HTTP).
+  a bearer token (a script's JSON ``POST /auth/login``) and through the session cookie (a
+  browser-like login: same Origin, the pre-session CSRF cookie and token of ``GET /auth/csrf``);
+  ``auth_router(registration=True)`` is mounted after the route; the bench registers over HTTP.
 
 Before any load, every configuration must answer ``{"user": "bench"}`` (the middleware really
 authenticated it), and a run with any non-2xx answer or socket error fails. The load is wrk
@@ -269,16 +270,26 @@ def ready(server: Server, workdir: Path) -> None:
             raise SystemExit(f"the {server.name} server did not start")
         try:
             if server.name == "fastapi-install":
-                status, _, _ = http(f"{base}/auth/csrf", {"User-Agent": USER_AGENT})
-                if status == 200:  # started (503 before): register, then log in once
+                status, csrf, headers = http(f"{base}/auth/csrf", {"User-Agent": USER_AGENT})
+                if status == 200:  # started (503 before): register, then log in
+                    agent = {"User-Agent": USER_AGENT}
                     credentials = {"username": "bench", "password": PASSWORD}
-                    status, body, _ = http(f"{base}/auth/register", {"User-Agent": USER_AGENT}, credentials)
+                    status, body, _ = http(f"{base}/auth/register", agent, credentials)
                     assert status in (201, 409), (status, body)
-                    status, body, headers = http(
-                        f"{base}/auth/login", {"User-Agent": USER_AGENT}, credentials
-                    )
+                    # A script's login (no cookie, no Origin): the bearer token only.
+                    status, body, _ = http(f"{base}/auth/login", agent, credentials)
                     assert status == 200, (status, body)
                     server.token = body["token"]
+                    # A browser's login: same Origin, the pre-session CSRF cookie and token of
+                    # GET /auth/csrf; the session comes back as a cookie.
+                    presession = re.search(r"(?:^|\n)csrf=([^;]+)", headers["set-cookie"])
+                    assert presession is not None, headers["set-cookie"]
+                    browser = {
+                        **agent, "Origin": base, "Cookie": f"csrf={presession.group(1)}",
+                        "X-CSRF-Token": csrf["csrf_token"],
+                    }  # fmt: skip
+                    status, body, headers = http(f"{base}/auth/login", browser, credentials)
+                    assert status == 200, (status, body)
                     found = re.search(r"(?:^|\n)session=([^;]+)", headers["set-cookie"])
                     assert found is not None, headers["set-cookie"]
                     server.cookie = found.group(1)
