@@ -31,7 +31,7 @@ from fundaments.errors import PermissionDenied
 from fundaments.security import LoginResult, Session, User
 from fundaments.web.errors import Refused, refusal_body
 from fundaments.web.middleware import WS_POLICY_VIOLATION, get_context
-from fundaments.web.openapi import BEARER_SCHEME, COOKIE_SCHEME
+from fundaments.web.openapi import documented
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -97,12 +97,11 @@ def _refused(
     return Refused(status, code, detail, headers=headers)
 
 
-async def current_user(
-    request: HTTPConnection, _bearer: None = BEARER_SCHEME, _cookie: None = COOKIE_SCHEME
-) -> User:
+async def _current_user(request: HTTPConnection) -> User:
     """The user of this request or WebSocket; 401 (a WebSocket: close 1008) when there is none.
 
-    ``_bearer`` and ``_cookie`` only declare the OpenAPI security schemes (fundaments.web.openapi)."""
+    Under FastAPI it is documented in OpenAPI as needing the bearer token or the session cookie
+    (fundaments.web.openapi)."""
     user = get_context(request).user
     if user is None:
         raise _refused(
@@ -113,6 +112,9 @@ async def current_user(
             {"WWW-Authenticate": "Bearer"},
         )
     return user
+
+
+current_user = documented(_current_user, "current_user")
 
 
 def require_permission(permission: str) -> Callable[[HTTPConnection], Awaitable[User]]:
@@ -133,8 +135,9 @@ def require_permission(permission: str) -> Callable[[HTTPConnection], Awaitable[
             ) from None
         return user
 
-    dependency.__name__ = f"require_permission({permission!r})"
-    return dependency
+    name = f"require_permission({permission!r})"
+    dependency.__name__ = name
+    return documented(dependency, name)
 
 
 # --- Starlette route decorators ---------------------------------------------------------------

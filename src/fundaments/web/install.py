@@ -37,6 +37,7 @@ from fundaments.web.middleware import (
     get_context,
     send_refusal,
 )
+from fundaments.web.openapi import add_cookie_scheme
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,9 @@ def install(
     # exception in a middleware added after install, outside ours) would lack the headers.
     build_stack = app.build_middleware_stack
     setattr(app, "build_middleware_stack", lambda: HeadersOnErrors(build_stack(), installation))  # noqa: B010
+    generate = getattr(app, "openapi", None)
+    if callable(generate):  # FastAPI: the session cookie beside the bearer scheme
+        setattr(app, "openapi", lambda: add_cookie_scheme(generate()))  # noqa: B010
     if docs_csp:
         installation.docs_csp = secure_docs(app)
     app.state.fundaments_installation = installation

@@ -1,49 +1,71 @@
-"""The security schemes :func:`~fundaments.web.current_user` declares, so FastAPI's OpenAPI document
-lists them and ``/docs`` shows its Authorize button: ``HTTPBearer`` (the session token as
-``Authorization: Bearer``) and ``APIKeyCookie`` (the session cookie).
+"""How fundaments' guards appear in FastAPI's OpenAPI document, at no cost per request.
 
-They document only: the middleware has read the credentials before any route runs, so their
-``__call__`` does nothing (and, typed ``HTTPConnection``, works on WebSocket routes too). Without
-FastAPI installed both are None and the guards are plain Starlette functions.
+:func:`documented` makes a guard (``current_user``, ``require_permission(...)``'s dependency) an
+instance of FastAPI's ``HTTPBearer``: FastAPI lists every ``SecurityBase`` dependency as the
+operation's security requirement, so ``openapi.json`` has the ``bearer`` scheme, each guarded
+operation its ``security``, and ``/docs`` an Authorize button. The guard's ``__call__`` is the
+guard itself: one dependency, as before (extra documenting dependencies cost FastAPI's dependency
+solver ~10 us each per request, bench/web.py). :func:`add_cookie_scheme` (install() applies it to
+the generated document) adds the session cookie as the alternative to the bearer token.
+
+Without FastAPI installed a guard stays the plain function.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection
 
-BEARER_SCHEME: Any = None
-COOKIE_SCHEME: Any = None
+T = TypeVar("T")
+Guard = Callable[[HTTPConnection], Awaitable[T]]
+
+BEARER = "bearer"
+COOKIE = "session cookie"
+BEARER_DESCRIPTION = "The session token: POST /auth/login answers it as `token`."
+COOKIE_SCHEME = {
+    "type": "apiKey",
+    "in": "cookie",
+    "name": "__Host-session",
+    "description": "Set by POST /auth/login for browsers (`session` on http://localhost); unsafe "
+    "requests also need X-CSRF-Token from GET /auth/csrf.",
+}
 
 try:
-    from fastapi import Depends
-    from fastapi.security import APIKeyCookie, HTTPBearer
-except ImportError:  # plain Starlette: no OpenAPI document to describe anything in
-    pass
-else:
+    from fastapi.security import HTTPBearer
+except ImportError:  # plain Starlette: nothing to document
+    HTTPBearer = None  # type: ignore[assignment,misc]
 
-    class _DocumentedBearer(HTTPBearer):
-        async def __call__(self, request: HTTPConnection) -> None:
-            return None
 
-    class _DocumentedCookie(APIKeyCookie):
-        async def __call__(self, request: HTTPConnection) -> None:
-            return None
+def documented(guard: Guard[T], name: str) -> Guard[T]:
+    """``guard`` as a dependency FastAPI documents as requiring the bearer scheme."""
+    if HTTPBearer is None:
+        return guard
 
-    BEARER_SCHEME = Depends(
-        _DocumentedBearer(
-            auto_error=False,
-            scheme_name="bearer",
-            description="The session token: POST /auth/login answers it as `token`.",
-        )
-    )
-    COOKIE_SCHEME = Depends(
-        _DocumentedCookie(
-            name="__Host-session",
-            auto_error=False,
-            scheme_name="session cookie",
-            description="Set by POST /auth/login for browsers (`session` on http://localhost); "
-            "unsafe requests also need X-CSRF-Token from GET /auth/csrf.",
-        )
-    )
+    class DocumentedGuard(HTTPBearer):
+        async def __call__(self, request: HTTPConnection) -> T:  # type: ignore[override]
+            return await guard(request)
+
+        def __repr__(self) -> str:
+            return name
+
+    documented_guard = DocumentedGuard(auto_error=False, scheme_name=BEARER, description=BEARER_DESCRIPTION)
+    documented_guard.__doc__ = guard.__doc__
+    setattr(documented_guard, "__name__", name)  # noqa: B010 - FastAPI and logs name a dependency so
+    return documented_guard
+
+
+def add_cookie_scheme(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI ``document`` with the session cookie beside the bearer token, wherever an
+    operation requires the bearer scheme."""
+    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    if BEARER not in schemes:
+        return document
+    schemes.setdefault(COOKIE, dict(COOKIE_SCHEME))
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and {BEARER: []} in security and {COOKIE: []} not in security:
+                security.append({COOKIE: []})
+    return document
