@@ -135,7 +135,7 @@ class HeadersOnErrors:
                 raw = list(message.get("headers", ()))
                 if not any(name.lower() == b"x-content-type-options" for name, _ in raw):
                     middleware = self.installation.middleware
-                    raw += middleware.raw_security_headers if middleware else DEFAULT_RAW_HEADERS
+                    raw += middleware.raw_security_headers if middleware is not None else DEFAULT_RAW_HEADERS
                     message["headers"] = raw
             await send(message)
 

@@ -325,7 +325,6 @@ class SecurityMiddleware:
         self.hsts = f"max-age={hsts_max_age}; includeSubDomains"
         self.headers = security_headers(content_security_policy, permissions_policy)
         self._raw_headers = [(name.encode(), value.encode()) for name, value in self.headers]
-        self.raw_security_headers = tuple(self._raw_headers)
         # Longest prefix first, each with its whole header list built once, so a response costs one
         # prefix scan (and nothing at all without the mapping).
         self._raw_headers_by_path: list[tuple[str, list[tuple[bytes, bytes]]]] = []
@@ -346,6 +345,11 @@ class SecurityMiddleware:
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
+
+    @property
+    def raw_security_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers every response gets (HSTS apart), as raw ASGI pairs."""
+        return self._raw_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -575,7 +579,7 @@ class SecurityMiddleware:
         user = await self._user(session.user_id) if session is not None else None
         if session is None or user is None or user.is_disabled:
             if auth == "cookie":
-                ctx.end_session()  # a dead cookie is cleared, not sent forever
+                ctx.end_session()  # a dead cookie is cleared (on a handshake too), not sent forever
             return
         ctx.user, ctx.session, ctx.auth, ctx._token = user, session, auth, token
         if session.rotated_token:  # a privilege change: the old token lives SESSION_ROTATION_GRACE more
@@ -628,8 +632,7 @@ class SecurityMiddleware:
         else:
             return receive, CSRF_MISSING
         given = headers.get(CSRF_HEADER)
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if given is None and content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if given is None and _content_type(headers) in FORM_TYPES:
             body = await _read_body(receive)  # bounded: BodyTooLarge past max_body_bytes
             try:
                 form = await Request(dict(scope), _replay(body, receive)).form()
@@ -691,7 +694,7 @@ class SecurityMiddleware:
             # site opens, and no CORS rule stops it. No lookup is done for it.
             refusal = CROSS_SITE_WEBSOCKET
         elif presented is not None:
-            await self._authenticate_websocket(ctx, presented, auth)
+            await self._authenticate(ctx, presented, auth)
         if refusal is None and auth == "bearer" and ctx.auth != "bearer":
             refusal = SESSION_INVALID
         elif refusal is None and ctx.user is not None and ctx.user.must_change_password:
@@ -717,25 +720,6 @@ class SecurityMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
-
-    async def _authenticate_websocket(
-        self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
-    ) -> None:
-        session = await self.security.validate_session(token, ctx.request_data, bearer=auth == "bearer")
-        user = await self._user(session.user_id) if session is not None else None
-        if session is None or user is None or user.is_disabled:
-            if auth == "cookie":
-                ctx.end_session()  # the handshake response clears the dead cookie
-            return
-        ctx.user, ctx.session, ctx.auth, ctx._token = user, session, auth, token
-        if session.rotated_token:  # a privilege change: the old token lives SESSION_ROTATION_GRACE more
-            ctx._token = session.rotated_token
-            if auth == "cookie":
-                ctx._set_cookies.append(
-                    _cookie(ctx.cookies.session, session.rotated_token, secure=ctx.cookies.secure)
-                )
-            else:
-                ctx._extra_headers.append(("x-session-token", session.rotated_token))
 
     def _websocket_origin_allowed(self, scope: Scope, headers: Mapping[str, str], secure: bool) -> bool:
         """The handshake comes from this site's own pages (ws -> http, wss -> https, same Host) or
@@ -919,18 +903,26 @@ def _hostname(host_header: str) -> str:
     return host.partition(":")[0].rstrip(".")
 
 
-def _wants_json(headers: Mapping[str, str]) -> bool:
-    """An API client: it accepts JSON, sends JSON, or authenticates with a bearer token; or it is
-    neither a browser's page request (``Accept: text/html``) nor a form post (plain text for those)."""
-    accept = headers.get("accept", "")
-    if "application/json" in accept:
+def _content_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _api_client(headers: Mapping[str, str]) -> bool:
+    """Says it is an API client: it accepts JSON, sends JSON, or authenticates with a bearer token."""
+    if "application/json" in headers.get("accept", ""):
         return True
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = _content_type(headers)
     if content_type == "application/json" or content_type.endswith("+json"):
         return True
-    if headers.get("authorization", "")[:7].lower() == "bearer ":
+    return headers.get("authorization", "")[:7].lower() == "bearer "
+
+
+def _wants_json(headers: Mapping[str, str]) -> bool:
+    """JSON refusals for an API client, and for anything that is neither a browser's page request
+    (``Accept: text/html``) nor a form post (plain text for those)."""
+    if _api_client(headers):
         return True
-    return "text/html" not in accept and content_type not in FORM_TYPES
+    return "text/html" not in headers.get("accept", "") and _content_type(headers) not in FORM_TYPES
 
 
 def browser_like(headers: Mapping[str, str]) -> bool:
@@ -941,14 +933,7 @@ def browser_like(headers: Mapping[str, str]) -> bool:
 
 def _browser_page(scope: Scope, headers: Mapping[str, str]) -> bool:
     """A GET or HEAD that does not say it is an API client's: it may be a page, so a redirect."""
-    if scope["method"] not in ("GET", "HEAD"):
-        return False
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    return not (
-        "application/json" in headers.get("accept", "")
-        or content_type == "application/json"
-        or headers.get("authorization", "")[:7].lower() == "bearer "
-    )
+    return scope["method"] in ("GET", "HEAD") and not _api_client(headers)
 
 
 def _relative_location(value: bytes, own_host: str) -> bytes:

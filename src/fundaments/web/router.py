@@ -42,12 +42,13 @@ from fundaments.security import LoginFailure, Session, User
 from fundaments.web.auth import current_user, login, logout, use_rotated_session
 from fundaments.web.errors import Refused
 from fundaments.web.install import OPEN_ROUTES
-from fundaments.web.middleware import browser_like, csrf_token_for, get_context
+from fundaments.web.middleware import SERVICE_BUSY, browser_like, csrf_token_for, get_context
 
 Body = TypeVar("Body", bound=BaseModel)
 CurrentUser = Annotated[User, Depends(current_user)]
 
 MAX_FIELD = 4096  # no credential, address or token is longer; the body limit bounds the rest
+INVALID_LINK = "The link is not valid any more: ask for a new one."
 LOGIN_FAILED = "Invalid username or password."  # every reason alike: no account enumeration
 
 
@@ -232,12 +233,8 @@ def auth_router(
                     headers={"Retry-After": "60"},
                 )  # fmt: skip
             if result.reason is LoginFailure.BUSY:
-                raise Refused(
-                    503,
-                    "service_busy",
-                    "The service is busy; retry in a moment.",
-                    headers={"Retry-After": "1"},
-                )
+                busy = SERVICE_BUSY  # the middleware's own answer to a full hashing pool
+                raise Refused(busy.status, busy.code, busy.detail, headers={"Retry-After": "1"})
             raise Refused(401, "login_failed", LOGIN_FAILED)
         assert result.session is not None and result.session.token is not None and result.user is not None
         token = result.session.token
@@ -383,7 +380,7 @@ def auth_router(
         except PasswordPolicyError as exc:
             raise Refused(422, "password_policy", str(exc)) from None
         except AuthenticationError:
-            raise Refused(400, "invalid_link", "The link is not valid any more: ask for a new one.") from None
+            raise Refused(400, "invalid_link", INVALID_LINK) from None
         return user_out(user)
 
     @router.post(
@@ -398,7 +395,7 @@ def auth_router(
         try:
             return user_out(await get_context(request).security.verify_email(body.token))
         except AuthenticationError:
-            raise Refused(400, "invalid_link", "The link is not valid any more: ask for a new one.") from None
+            raise Refused(400, "invalid_link", INVALID_LINK) from None
 
     @router.post(
         "/verify-email/request",
