@@ -16,6 +16,7 @@ from typing import Any, cast
 from fundaments import store
 from fundaments.access_control import AccessControl
 from fundaments.account_tokens import AccountTokens
+from fundaments.api_keys import DIGEST_PURPOSE, ApiKeys
 from fundaments.audit import CHECKPOINT_PURPOSE, AuditTrail
 from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, configure_logging, degraded_services, load_settings
@@ -40,6 +41,7 @@ SERVICE_KEYS = (
     "audit",
     "mail",
     "account_tokens",
+    "api_keys",
     "security",
 )
 
@@ -77,7 +79,7 @@ class Fundaments(Mapping[str, Any]):
         if self._closed:
             return
         self._closed = True
-        for key in ("mail", "access_control", "sessions", "user_handler"):
+        for key in ("api_keys", "mail", "access_control", "sessions", "user_handler"):
             service = self._services.get(key)
             if service is not None:
                 await service.close()
@@ -185,10 +187,17 @@ async def initialize_fundaments(
         access_control = AccessControl(db, settings, clock, audit)
         mail = Mailer(db, settings, clock, audit, encryption)
         account_tokens = AccountTokens(db, settings, clock)
+        # Keyed digests under a key derived from the master key: a dump cannot test a token.
+        # Without encryption configured there is no such key, and no API keys (ServiceUnavailable).
+        api_keys = None
+        if encryption is not None:
+            api_keys = ApiKeys(db, settings, clock, audit, encryption.purpose_keys(DIGEST_PURPOSE))
         await user_handler.start()
         await sessions.start()
         await access_control.start()
         await mail.start()
+        if api_keys is not None:
+            await api_keys.start()
     except BaseException:
         await db.close()
         raise
@@ -202,6 +211,7 @@ async def initialize_fundaments(
         "audit": audit,
         "mail": mail,
         "account_tokens": account_tokens,
+        "api_keys": api_keys,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

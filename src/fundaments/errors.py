@@ -93,6 +93,10 @@ class LastAdministratorError(FundamentsError):
     """The change would leave no active account holding ``*``: nobody could administer any more."""
 
 
+class UnknownApiKeyError(FundamentsError, LookupError):
+    """No API key of this account has this id (or it was revoked, for what needs a live key)."""
+
+
 class RoleError(FundamentsError, ValueError):
     """A role operation is invalid: unknown role, bad name, inheritance cycle."""
 

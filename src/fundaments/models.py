@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -162,3 +163,42 @@ class Role:
     inherits: tuple[str, ...] = ()
     description: str | None = None
     created_at: float = 0.0
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as its owner sees it (never the token): ``id`` is public and stays the same
+    across rotations; ``prefix`` is the token's first characters, for telling keys apart.
+
+    ``last_used_at`` is as of when the key was read (it is written in batches, see
+    docs/api-keys.md); ``previous_expires_at`` is when the token replaced by the last rotation
+    stops working (None: no previous token works).
+    """
+
+    id: str
+    user_id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    revoked_at: float | None = None
+    rate_limit: str | None = None
+    previous_expires_at: float | None = None
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyCreated:
+    """A key just created or rotated, with its token: shown once, never stored, never in a repr."""
+
+    token: str = field(repr=False)
+    key: ApiKey

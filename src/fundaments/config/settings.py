@@ -194,6 +194,14 @@ class Settings(BaseSettings):
     # long (parallel requests in flight); 0: it is dead at once
     session_rotation_grace: int = Field(default=30, ge=0, le=300)  # seconds
 
+    # --- API keys (machine clients) -------------------------------------------------------------
+    api_key_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)  # cached keys; 0: no cache
+    # how long a cached key may answer before it is read again: the bound on how long another
+    # instance may still accept a revoked key (or one whose owner was disabled)
+    api_key_cache_seconds: float = Field(default=1.0, ge=0, le=1)
+    api_key_last_used_interval: float = Field(default=30.0, ge=0.1, le=3600)  # seconds between writes
+    api_key_max_per_user: int = Field(default=100, ge=1, le=10_000)  # live (unrevoked) keys
+
     # --- account lifecycle and recovery ---------------------------------------------------------
     # what a login name may be: the username, the account's email address, or either
     login_with: Literal["username", "email", "username_or_email"] = "username_or_email"

@@ -14,6 +14,8 @@ from fundaments.audit import ChainVerification
 from fundaments.mail import MailStatus
 from fundaments.models import (
     MAX_IP_LENGTH,
+    ApiKey,
+    ApiKeyCreated,
     AuditEvent,
     LoginFailure,
     LoginResult,
@@ -26,6 +28,7 @@ from fundaments.security._core import CORE_SERVICES
 from fundaments.security.access import AccessPart
 from fundaments.security.accounts import AccountsPart
 from fundaments.security.administration import AdministrationPart
+from fundaments.security.api_keys import ApiKeysPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
@@ -42,6 +45,8 @@ __all__ = [
     "MAX_IP_LENGTH",
     "MAX_SESSION_ID",
     "ROLE_NAME_RULE",
+    "ApiKey",
+    "ApiKeyCreated",
     "AuditEvent",
     "ChainVerification",
     "LoginFailure",
@@ -62,6 +67,7 @@ class Security(
     RecoveryPart,
     SessionsPart,
     AccessPart,
+    ApiKeysPart,
     EncryptionPart,
     AuditPart,
     KeyRotationPart,

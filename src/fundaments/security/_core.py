@@ -13,6 +13,7 @@ from typing import Any
 
 from fundaments.access_control import AccessControl
 from fundaments.account_tokens import AccountTokens
+from fundaments.api_keys import ApiKeys
 from fundaments.audit import AuditTrail
 from fundaments.config import Settings
 from fundaments.encryption import EncryptionService
@@ -68,6 +69,7 @@ class SecurityCore:
         self._settings: Settings | None = services.get("config")
         self._mail: Mailer | None = services.get("mail")
         self._tokens: AccountTokens | None = services.get("account_tokens")
+        self._api_keys: ApiKeys | None = services.get("api_keys")
 
     @property
     def encryption_available(self) -> bool:
@@ -109,6 +111,20 @@ class SecurityCore:
                 "account tokens are not running: build Security with initialize_fundaments()"
             )
         return self._tokens
+
+    def _require_api_keys(self) -> ApiKeys:
+        if self._api_keys is None:
+            raise ServiceUnavailable(
+                "API keys are not running: they need MASTER_ENCRYPTION_KEY and "
+                "PERSISTENT_ENCRYPTION_SALT (their digests are keyed with a key derived from them); "
+                "`fundaments keys generate` prints both"
+            )
+        return self._api_keys
+
+    def _api_keys_changed(self) -> None:
+        """After a change to an account (disabled, deleted): its keys' cached state is stale here."""
+        if self._api_keys is not None:
+            self._api_keys.invalidate_cache()
 
     def _now(self) -> float:
         return self._require_tokens().now()

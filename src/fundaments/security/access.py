@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fundaments.access_control import validate_permission
-from fundaments.models import RequestContext, Role
+from fundaments.access_control import MAX_PERMISSION, validate_permission
+from fundaments.api_keys import scope_covers
+from fundaments.errors import PermissionDenied
+from fundaments.models import ApiKey, RequestContext, Role
 from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
 
 
@@ -22,15 +25,31 @@ def _well_formed(permissions: Iterable[str]) -> Iterable[str]:
     return permissions
 
 
+def _key_allows(api_key: object, user_id: object, permission: object) -> bool:
+    """Whether ``api_key`` is a key of ``user_id`` whose scopes cover ``permission``."""
+    return (
+        isinstance(api_key, ApiKey)
+        and type(user_id) is int
+        and api_key.user_id == user_id
+        and scope_covers(api_key.scopes, permission)
+    )
+
+
 class AccessPart(SecurityCore):
     """RBAC: ``check_permission``, ``require_permission``, roles and grants."""
 
-    async def check_permission(self, user_id: Any, permission: Any) -> bool:
+    async def check_permission(self, user_id: Any, permission: Any, *, api_key: ApiKey | None = None) -> bool:
         """True when the user holds ``permission`` (directly, by inheritance or by wildcard).
 
-        False — never an exception — for an unknown or disabled user, an unknown or malformed
-        permission, or arguments of the wrong type. A warm check is an in-memory set lookup.
+        With ``api_key`` (a key :meth:`validate_api_key` returned for this request): also only
+        when the key is the user's and its scopes cover ``permission`` — the owner's permissions
+        intersected with the scopes, so a key can never do what its owner cannot, and a role
+        revoked from the owner narrows the key at once. False — never an exception — for an unknown
+        or disabled user, an unknown or malformed permission, or arguments of the wrong type. A
+        warm check is an in-memory set lookup.
         """
+        if api_key is not None and not _key_allows(api_key, user_id, permission):
+            return False
         return await self._access.check_permission(user_id, permission)
 
     async def require_permission(
@@ -39,9 +58,30 @@ class AccessPart(SecurityCore):
         permission: Any,
         *,
         request_data: RequestContext | Mapping[str, Any] | None = None,
+        api_key: ApiKey | None = None,
     ) -> None:
-        """Return when the user holds ``permission``; else audit ``permission.denied`` (with the
-        client IP and User-Agent from ``request_data`` when given) and raise PermissionDenied."""
+        """Return when the user holds ``permission`` (and ``api_key``, when given, covers it, as
+        in :meth:`check_permission`); else audit ``permission.denied`` (with the client IP and
+        User-Agent from ``request_data`` when given, and the key's id) and raise PermissionDenied."""
+        if api_key is not None and not _key_allows(api_key, user_id, permission):
+            context: RequestContext | None = None
+            if request_data is not None:
+                with contextlib.suppress(ValueError):  # a malformed context must not hide the denial
+                    context = RequestContext.coerce(request_data)
+            shown = permission[:MAX_PERMISSION] if isinstance(permission, str) else type(permission).__name__
+            key_id = api_key.id if isinstance(api_key, ApiKey) else None
+            await self._require_audit().record(
+                "permission.denied",
+                outcome="failure",
+                subject_user_id=user_id if type(user_id) is int else None,
+                client=context,
+                details={"permission": shown, "api_key_id": key_id, "reason": "api_key_scope"},
+            )
+            raise PermissionDenied(
+                f"the API key {key_id} does not allow {shown!r} (its scopes do not cover it)",
+                user_id=user_id if type(user_id) is int else None,
+                permission=permission if isinstance(permission, str) else None,
+            )
         await self._access.require_permission(user_id, permission, request_data=request_data)
 
     async def create_role(

@@ -28,6 +28,7 @@ class AdministrationPart(SecurityCore):
             await self._access.keep_an_administrator(tx, administrators)
             ended = await self._sessions.revoke_all(user_id, tx=tx, reason="user_disabled")
         self._sessions.invalidate_cache()
+        self._api_keys_changed()  # its keys answer None here at once, elsewhere within 1 s
         return ended
 
     async def enable_user(self, user_id: int, *, actor_user_id: int | None = None) -> None:
@@ -38,6 +39,7 @@ class AdministrationPart(SecurityCore):
         async with self._transaction() as tx:
             await self._access.invalidate_user(tx, user_id)
             await self._users.set_disabled(tx, user_id, False, actor_user_id=actor_user_id)
+        self._api_keys_changed()
 
     async def unlock_user(self, user_id: int, *, actor_user_id: int | None = None) -> bool:
         """Clear the account's lock, failure count and backoff, and its devices' (audited
@@ -64,6 +66,7 @@ class AdministrationPart(SecurityCore):
             await self._users.delete(tx, user_id, actor_user_id=actor_user_id)
             await self._access.keep_an_administrator(tx, administrators)
         self._sessions.invalidate_cache()
+        self._api_keys_changed()  # its keys went with it (ON DELETE CASCADE)
 
     async def set_password(
         self,

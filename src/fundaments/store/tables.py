@@ -231,3 +231,34 @@ mail_outbox = Table(  # mails waiting to be sent: written in the transaction tha
     sqlite_autoincrement=True,  # 0004: an id names the mail's .eml file; never reused
 )
 Index(f"ix_{PREFIX}mail_outbox_due", mail_outbox.c.failed_at, mail_outbox.c.next_attempt_at)
+
+# --- API keys (issue: machine clients) --------------------------------------------------------------
+api_keys = Table(
+    f"{PREFIX}api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # public and stable across rotations: key_…
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("prefix", String(16), nullable=False),  # the token's first characters, for display
+    # HMAC-SHA256 of the token under a key derived from the master key (key_id names which):
+    # never the token, and a dump alone cannot even test a candidate token.
+    Column("digest", LargeBinary(32), nullable=False, unique=True),
+    Column("key_id", String(16), nullable=False),
+    # The token replaced by the last rotation, while its overlap lasts (NULL: none works).
+    Column("old_digest", LargeBinary(32), nullable=True),
+    Column("old_key_id", String(16), nullable=True),
+    Column("old_expires_at", Timestamp, nullable=True),
+    # Whether the current token was presented since the last rotation: a rotation retried by a
+    # client that never saw the new token keeps the old one as the previous (docs/api-keys.md).
+    Column("current_used", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    Column("scopes", Text, nullable=False, server_default=""),  # permission names, space-separated
+    Column("allowed_ips", Text, nullable=False, server_default=""),  # networks, space-separated
+    Column("rate_limit", String(32), nullable=True),  # "600/minute"; enforced by the rate limiter
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=True),
+    Column("last_used_at", Timestamp, nullable=True),
+    Column("rotated_at", Timestamp, nullable=True),
+    Column("revoked_at", Timestamp, nullable=True),
+)
+Index(f"ix_{PREFIX}api_keys_old_digest", api_keys.c.old_digest)  # the overlap lookup
+Index(f"ix_{PREFIX}api_keys_user", api_keys.c.user_id, api_keys.c.created_at, api_keys.c.id)  # keyset

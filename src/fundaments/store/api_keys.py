@@ -1,0 +1,195 @@
+"""API-key queries. A key row is found by the keyed digest of its token, never by the token.
+
+The hot path is :data:`LOOKUP`: one read of the unique digest index joined to the owner's row (for
+the disabled flag). Only when it misses is :data:`LOOKUP_OLD` tried (a token replaced by a
+rotation, inside its overlap). The service reads both rows by column position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fundaments.store.base import Executor, Row
+
+_COLUMNS = (
+    "k.id, k.user_id, k.name, k.prefix, k.scopes, k.created_at, k.expires_at, k.last_used_at, "
+    "k.allowed_ips, k.revoked_at, k.rate_limit, k.old_expires_at, k.current_used, u.is_disabled"
+)
+# Column order is relied on (fundaments.api_keys reads rows by position).
+LOOKUP = (
+    f"SELECT {_COLUMNS} FROM fundaments_api_keys k JOIN fundaments_users u ON u.id = k.user_id "  # noqa: S608 - constant
+    "WHERE k.digest = $1"
+)
+LOOKUP_OLD = (
+    f"SELECT {_COLUMNS} FROM fundaments_api_keys k JOIN fundaments_users u ON u.id = k.user_id "  # noqa: S608 - constant
+    "WHERE k.old_digest = $1"
+)
+LISTED_COLUMNS = (
+    "id, user_id, name, prefix, scopes, created_at, expires_at, last_used_at, allowed_ips, "
+    "revoked_at, rate_limit, old_expires_at"
+)
+
+
+async def lookup(db: Executor, digest: bytes) -> Row | None:
+    return await db.fetchrow(LOOKUP, digest)
+
+
+async def lookup_old(db: Executor, digest: bytes) -> Row | None:
+    """The key whose previous token has this digest, whatever its deadline (the caller checks
+    ``old_expires_at``)."""
+    return await db.fetchrow(LOOKUP_OLD, digest)
+
+
+async def insert(
+    tx: Executor,
+    *,
+    key_id: str,
+    user_id: int,
+    name: str,
+    prefix: str,
+    digest: bytes,
+    digest_key_id: str,
+    scopes: str,
+    allowed_ips: str,
+    rate_limit: str | None,
+    now: float,
+    expires_at: float | None,
+) -> None:
+    await tx.execute(
+        "INSERT INTO fundaments_api_keys (id, user_id, name, prefix, digest, key_id, scopes, "
+        "allowed_ips, rate_limit, created_at, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        key_id,
+        user_id,
+        name,
+        prefix,
+        digest,
+        digest_key_id,
+        scopes,
+        allowed_ips,
+        rate_limit,
+        now,
+        expires_at,
+    )
+
+
+async def lock_owner(tx: Executor, user_id: int) -> Row | None:
+    """The owner's row, locked until the transaction ends (PostgreSQL): creations of one owner's
+    keys queue here, so the per-owner limit holds across instances."""
+    return await tx.fetchrow("SELECT id, is_disabled FROM fundaments_users WHERE id = $1 FOR UPDATE", user_id)
+
+
+async def count_live(tx: Executor, user_id: int, now: float) -> int:
+    value = await tx.fetchval(
+        "SELECT count(*) FROM fundaments_api_keys WHERE user_id = $1 AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > $2)",
+        user_id,
+        now,
+    )
+    return int(value or 0)
+
+
+async def list_for_user(db: Executor, user_id: int, after: str | None, limit: int) -> list[Row]:
+    """The owner's keys in creation order, ``limit`` at most, after the key ``after`` (keyset
+    pagination on the (user_id, created_at, id) index: every page costs the same)."""
+    if after is None:
+        return await db.fetch(
+            f"SELECT {LISTED_COLUMNS} FROM fundaments_api_keys WHERE user_id = $1 "  # noqa: S608 - constant
+            "ORDER BY created_at, id LIMIT $2",
+            user_id,
+            limit,
+        )
+    return await db.fetch(
+        f"SELECT {LISTED_COLUMNS} FROM fundaments_api_keys WHERE user_id = $1 AND (created_at, id) > "  # noqa: S608
+        "(SELECT created_at, id FROM fundaments_api_keys WHERE id = $2 AND user_id = $1) "
+        "ORDER BY created_at, id LIMIT $3",
+        user_id,
+        after,
+        limit,
+    )
+
+
+async def get_for_update(tx: Executor, user_id: int, key_id: str) -> Row | None:
+    """The owner's key with what a rotation decides on, row-locked (PostgreSQL) until ``tx`` ends."""
+    return await tx.fetchrow(
+        f"SELECT {LISTED_COLUMNS}, digest, key_id, old_digest, old_key_id, current_used "  # noqa: S608
+        "FROM fundaments_api_keys "
+        "WHERE id = $1 AND user_id = $2 FOR UPDATE",
+        key_id,
+        user_id,
+    )
+
+
+async def revoke(tx: Executor, user_id: int, key_id: str, now: float) -> Row | None:
+    """Revoke the key (both its tokens at once); its digests, or None when it is not the owner's
+    or already revoked."""
+    return await tx.fetchrow(
+        "UPDATE fundaments_api_keys SET revoked_at = $3, old_expires_at = NULL "
+        "WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL RETURNING digest, old_digest",
+        key_id,
+        user_id,
+        now,
+    )
+
+
+async def rotate(
+    tx: Executor,
+    key_id: str,
+    *,
+    digest: bytes,
+    digest_key_id: str,
+    prefix: str,
+    old_digest: bytes | None,
+    old_key_id: str | None,
+    old_expires_at: float | None,
+    now: float,
+) -> None:
+    await tx.execute(
+        "UPDATE fundaments_api_keys SET digest = $2, key_id = $3, prefix = $4, old_digest = $5, "
+        "old_key_id = $6, old_expires_at = $7, rotated_at = $8, current_used = FALSE WHERE id = $1",
+        key_id,
+        digest,
+        digest_key_id,
+        prefix,
+        old_digest,
+        old_key_id,
+        old_expires_at,
+        now,
+    )
+
+
+async def mark_current_used(db: Executor, key_id: str) -> None:
+    await db.execute(
+        "UPDATE fundaments_api_keys SET current_used = TRUE WHERE id = $1 AND current_used = FALSE", key_id
+    )
+
+
+async def touch_many(tx: Executor, touches: Sequence[tuple[float, str]]) -> None:
+    """Move ``last_used_at`` forward (never back) for each ``(when, key id)``."""
+    await tx.executemany(
+        "UPDATE fundaments_api_keys SET last_used_at = $1 WHERE id = $2 "
+        "AND (last_used_at IS NULL OR last_used_at < $1)",
+        touches,
+    )
+
+
+async def redigest(tx: Executor, old: bytes, new: bytes, digest_key_id: str) -> int:
+    """Move a current token's digest from a retired master key's to the current key's."""
+    return await tx.execute(
+        "UPDATE fundaments_api_keys SET digest = $2, key_id = $3 WHERE digest = $1", old, new, digest_key_id
+    )
+
+
+async def redigest_old(tx: Executor, old: bytes, new: bytes, digest_key_id: str) -> int:
+    """The same for a previous token inside its overlap."""
+    return await tx.execute(
+        "UPDATE fundaments_api_keys SET old_digest = $2, old_key_id = $3 WHERE old_digest = $1",
+        old,
+        new,
+        digest_key_id,
+    )
+
+
+def row_tuple(row: Row) -> tuple[Any, ...]:
+    return tuple(row[i] for i in range(len(row.keys())))
