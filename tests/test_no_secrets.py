@@ -56,3 +56,43 @@ async def test_password_token_and_plaintext_appear_nowhere(fundaments, request_d
         for name, secret in needles.items():
             for form in (secret.encode(), secret.encode("utf-16-le")):
                 assert form not in blob, f"the {name} leaked"
+
+
+async def test_api_key_tokens_appear_nowhere(fundaments, request_data, caplog) -> None:
+    """Created, rotated (previous and lost-answer tokens too), validated, refused and revoked: no
+    token in the database file or its WAL (PostgreSQL: any row), the audit trail or any log line."""
+    caplog.set_level(logging.DEBUG)
+    security: Security = fundaments["security"]
+    await security.create_role("invoker", ["models:invoke"])
+    user = await security.register_user("machine-owner", PASSWORD, roles=["invoker"])
+    created = await security.create_api_key(
+        user.id, name="ci", scopes=["models:invoke"], expires_in=3600, allowed_ips=["198.51.100.0/24"]
+    )
+    lost = await security.rotate_api_key(user.id, created.key.id, overlap_seconds=600)
+    rotated = await security.rotate_api_key(user.id, created.key.id, overlap_seconds=600)  # a retry
+    client = {**request_data, "ip_address": "198.51.100.5"}
+    assert await security.validate_api_key(rotated.token, client) is not None
+    assert await security.validate_api_key(created.token, request_data) is None  # wrong IP: audited
+    assert await security.validate_api_key(lost.token, client) is None  # unknown: audited
+    other = await security.create_api_key(user.id, name="other", scopes=["models:invoke"])
+    assert await security.revoke_api_key(user.id, other.key.id)
+    assert await security.validate_api_key(other.token, client) is None
+    await fundaments["api_keys"].flush_last_used()
+    await fundaments["audit"].close()
+
+    needles = {
+        "api key": created.token,
+        "lost rotated api key": lost.token,
+        "rotated api key": rotated.token,
+        "revoked api key": other.token,
+    }
+    logs = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records).encode()
+    events = await security.audit_events(limit=100)
+    assert {"api_key.created", "api_key.rotated", "api_key.refused", "api_key.revoked"} <= {
+        e.kind for e in events
+    }
+    audit = repr(events).encode()
+    for blob in [*await database_bytes(fundaments), logs, audit]:
+        for name, secret in needles.items():
+            for form in (secret.encode(), secret.encode("utf-16-le"), secret[10:].encode()):
+                assert form not in blob, f"the {name} leaked"
