@@ -40,7 +40,7 @@ import re
 import secrets
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from fundaments.access_control import validate_permission, wildcard_keys
 from fundaments.audit import AuditTrail
@@ -226,14 +226,18 @@ def _key(row: Row, last_used_at: float | None = None) -> ApiKey:
 
 # Row positions of queries.LOOKUP / LOOKUP_OLD.
 _ID, _USER_ID, _EXPIRES, _REVOKED, _OLD_EXPIRES, _CURRENT_USED, _DISABLED = 0, 1, 6, 9, 11, 12, 13
+_STATE_COLUMNS = (_ID, _EXPIRES, _REVOKED, _OLD_EXPIRES, _CURRENT_USED, _DISABLED)  # queries.STATE
 
 
 class _Entry:
     """What validation needs of one token, as read; kept for at most API_KEY_CACHE_SECONDS."""
 
-    __slots__ = ("dead", "first_use", "ip_memo", "key", "networks", "refresh_at", "until")
+    __slots__ = ("dead", "first_use", "ip_memo", "key", "networks", "refresh_at", "state", "until", "via_old")
 
     def __init__(self, row: Row, via_old: bool, refresh_at: float) -> None:
+        # queries.STATE's columns, to tell on a re-read whether anything changed
+        self.state = tuple(row[i] for i in _STATE_COLUMNS)
+        self.via_old = via_old
         self.key = _key(row)
         self.refresh_at = refresh_at
         self.networks = self.key.allowed_ips
@@ -371,13 +375,17 @@ class ApiKeys:
         Raises InvalidArgument only when ``request_data`` lacks or garbles ``ip_address`` /
         ``user_agent`` and the answer depends on it (an allowlist or a refusal to audit).
         """
-        if type(token) is not str or not checksum_ok(token):
+        if type(token) is not str or len(token) != TOKEN_LENGTH or not token.isascii():
             return None
+        # The digest first, and the checksum only on a miss: a cached digest is a real key's, so
+        # its checksum is known to be right. A garbled token still never reaches the database.
         digest = self._digester.digest(token)
         now = self._clock.now()
         entry = self._cache.get(digest)
         if entry is None or now >= entry.refresh_at:
-            entry = await self._load(digest, token, now)
+            if entry is None and not checksum_ok(token):
+                return None
+            entry = await self._load(digest, token, now, entry)
             if entry is None:
                 await self._refused("unknown", None, request_data)
                 return None
@@ -400,8 +408,18 @@ class ApiKeys:
             await queries.mark_current_used(self._db, key.id)
         return key
 
-    async def _load(self, digest: bytes, token: str, now: float) -> _Entry | None:
+    async def _load(
+        self, digest: bytes, token: str, now: float, stale: _Entry | None = None
+    ) -> _Entry | None:
+        """The entry for ``digest`` as the database holds it now. ``stale``, the cached entry that
+        ran out, is kept when what can change about a key (revoked, previous token's deadline,
+        owner disabled) has not: the re-read is then six columns, and nothing is parsed again."""
         generation = self._generation
+        if stale is not None:
+            current = await queries.state(self._db, digest, old=stale.via_old)
+            if current is not None and tuple(cast(Iterable[Any], current)) == stale.state:
+                stale.refresh_at = now + self._cache_seconds
+                return stale
         via_old = False
         row = await queries.lookup(self._db, digest)
         if row is None:
@@ -412,7 +430,9 @@ class ApiKeys:
         if row is None:
             return None
         entry = _Entry(row, via_old, now + self._cache_seconds)
-        if self._cache_seconds > 0 and self._cache_size > 0 and generation == self._generation:
+        if self._cache_size > 0 and generation == self._generation:
+            # Kept even with API_KEY_CACHE_SECONDS=0: it then answers nothing without a fresh read
+            # (refresh_at is now), but an unchanged row is not parsed again.
             cache = self._cache
             cache.pop(digest, None)  # re-inserted at the end: the oldest-read entries go first
             if len(cache) >= self._cache_size:

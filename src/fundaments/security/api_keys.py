@@ -105,7 +105,10 @@ class ApiKeysPart(SecurityCore):
         returned key's ``user_id`` is the owner to act as; check what it may do with
         ``check_permission(key.user_id, perm, api_key=key)``.
         """
-        return await self._require_api_keys().validate(token, request_data)
+        service = self._api_keys
+        if service is None:
+            service = self._require_api_keys()  # raises ServiceUnavailable
+        return await service.validate(token, request_data)
 
     @staticmethod
     def api_key_checksum_ok(token: object) -> bool:

@@ -25,6 +25,17 @@ LOOKUP_OLD = (
     f"SELECT {_COLUMNS} FROM fundaments_api_keys k JOIN fundaments_users u ON u.id = k.user_id "  # noqa: S608 - constant
     "WHERE k.old_digest = $1"
 )
+# What can change about a key once it exists (its name, scopes, allowlist and expiry cannot): a key
+# already parsed is re-read with these six columns only, and kept when they are the same.
+_STATE = "k.id, k.expires_at, k.revoked_at, k.old_expires_at, k.current_used, u.is_disabled"
+STATE = (
+    f"SELECT {_STATE} FROM fundaments_api_keys k JOIN fundaments_users u ON u.id = k.user_id "  # noqa: S608 - constant
+    "WHERE k.digest = $1"
+)
+STATE_OLD = (
+    f"SELECT {_STATE} FROM fundaments_api_keys k JOIN fundaments_users u ON u.id = k.user_id "  # noqa: S608 - constant
+    "WHERE k.old_digest = $1"
+)
 LISTED_COLUMNS = (
     "id, user_id, name, prefix, scopes, created_at, expires_at, last_used_at, allowed_ips, "
     "revoked_at, rate_limit, old_expires_at"
@@ -39,6 +50,12 @@ async def lookup_old(db: Executor, digest: bytes) -> Row | None:
     """The key whose previous token has this digest, whatever its deadline (the caller checks
     ``old_expires_at``)."""
     return await db.fetchrow(LOOKUP_OLD, digest)
+
+
+async def state(db: Executor, digest: bytes, *, old: bool = False) -> Row | None:
+    """The changeable columns (:data:`STATE`) of the key whose current (``old``: previous) token
+    has this digest."""
+    return await db.fetchrow(STATE_OLD if old else STATE, digest)
 
 
 async def insert(
