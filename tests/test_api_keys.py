@@ -8,6 +8,7 @@ import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from fundaments import initialize_fundaments
@@ -109,8 +110,9 @@ async def test_typos_and_garbage_are_refused_without_any_database_call(fundament
     uid = await owner(security)
     token = (await make_key(security, uid)).token
     unknown_but_well_formed = "fk_" + "A" * 32 + _checksum("fk_" + "A" * 32)
-    await fundaments["db"].close()  # from here any query raises StorageError
-    with pytest.raises(StorageError):
+    await fundaments["api_keys"].close()  # its dedicated PostgreSQL reader too
+    await fundaments["db"].close()  # from here any query raises
+    with pytest.raises((StorageError, asyncpg.InterfaceError)):
         await security.validate_api_key(unknown_but_well_formed, CLIENT)  # this one does reach it
     typo = token[:10] + ("b" if token[10] == "a" else "a") + token[11:]
     for garbage in (typo, token[:-1], token + "x", "", "fk_", "Bearer " + token, None, 42, b"fk_x", "é" * 41):
@@ -460,5 +462,31 @@ async def test_without_encryption_configured_api_keys_say_what_to_configure(make
         assert f["api_keys"] is None
         with pytest.raises(ServiceUnavailable, match="MASTER_ENCRYPTION_KEY"):
             await f["security"].validate_api_key("fk_x", CLIENT)
+    finally:
+        await f.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_survive_a_terminated_backend(make_settings, clock, postgres_url) -> None:
+    """The dedicated read connection is killed under the service: validations go on (through the
+    pool, then a new dedicated connection), and a revocation is still seen."""
+    f = await initialize_fundaments(make_settings(api_key_cache_seconds=0), clock=clock, configure_logs=False)
+    try:
+        security = f["security"]
+        uid = await owner(security)
+        created = await make_key(security, uid)
+        assert await security.validate_api_key(created.token, CLIENT) is not None
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        for _ in range(3):
+            assert await security.validate_api_key(created.token, CLIENT) is not None
+        assert await security.revoke_api_key(uid, created.key.id)
+        assert await security.validate_api_key(created.token, CLIENT) is None
     finally:
         await f.close()

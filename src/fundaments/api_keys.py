@@ -302,9 +302,16 @@ class ApiKeys:
         self._pending: dict[str, float] = {}  # key id -> last use not yet written
         self._flushing: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._reader: queries.Reader = db
+        self._pinned: queries.PinnedReader | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the batched last_used_at writer (and, on PostgreSQL, a dedicated read connection)."""
+        if self._pinned is None:
+            self._pinned = queries.PinnedReader.for_database(self._db)
+            if self._pinned is not None:
+                self._reader = self._pinned
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._background(), name="fundaments-api-keys-last-used"
@@ -317,6 +324,10 @@ class ApiKeys:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        pinned, self._pinned = self._pinned, None
+        self._reader = self._db
+        if pinned is not None:
+            await pinned.close()
         try:
             await self.flush_last_used()
         except FundamentsError as exc:
@@ -416,14 +427,14 @@ class ApiKeys:
         owner disabled) has not: the re-read is then six columns, and nothing is parsed again."""
         generation = self._generation
         if stale is not None:
-            current = await queries.state(self._db, digest, old=stale.via_old)
+            current = await queries.state(self._reader, digest, old=stale.via_old)
             if current is not None and tuple(cast(Iterable[Any], current)) == stale.state:
                 stale.refresh_at = now + self._cache_seconds
                 return stale
         via_old = False
-        row = await queries.lookup(self._db, digest)
+        row = await queries.lookup(self._reader, digest)
         if row is None:
-            row = await queries.lookup_old(self._db, digest)
+            row = await queries.lookup_old(self._reader, digest)
             via_old = row is not None
         if row is None and self._retired:
             row, via_old = await self._under_retired_keys(token, digest)
