@@ -303,13 +303,13 @@ class ApiKeys:
         self._flushing: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._reader: queries.Reader = db
-        self._pinned: queries.PinnedReader | None = None
+        self._pinned: queries.HotReader | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the batched last_used_at writer (and, on PostgreSQL, a dedicated read connection)."""
+        """Start the batched last_used_at writer and open the dedicated reader of the hot path."""
         if self._pinned is None:
-            self._pinned = queries.PinnedReader.for_database(self._db)
+            self._pinned = queries.hot_reader(self._db)
             if self._pinned is not None:
                 self._reader = self._pinned
         if self._task is None:
@@ -394,9 +394,19 @@ class ApiKeys:
         now = self._clock.now()
         entry = self._cache.get(digest)
         if entry is None or now >= entry.refresh_at:
-            if entry is None and not checksum_ok(token):
+            if entry is not None:
+                # Ran out: kept when what can change about a key (revoked, the previous token's
+                # deadline, first use, owner disabled) has not; six columns, nothing parsed again.
+                state = queries.STATE_OLD if entry.via_old else queries.STATE
+                current = await self._reader.fetchrow(state, digest)
+                if current is not None and tuple(cast(Iterable[Any], current)) == entry.state:
+                    entry.refresh_at = now + self._cache_seconds
+                else:
+                    entry = await self._load(digest, token, now)
+            elif checksum_ok(token):
+                entry = await self._load(digest, token, now)
+            else:
                 return None
-            entry = await self._load(digest, token, now, entry)
             if entry is None:
                 await self._refused("unknown", None, request_data)
                 return None
@@ -419,18 +429,10 @@ class ApiKeys:
             await queries.mark_current_used(self._db, key.id)
         return key
 
-    async def _load(
-        self, digest: bytes, token: str, now: float, stale: _Entry | None = None
-    ) -> _Entry | None:
-        """The entry for ``digest`` as the database holds it now. ``stale``, the cached entry that
-        ran out, is kept when what can change about a key (revoked, previous token's deadline,
-        owner disabled) has not: the re-read is then six columns, and nothing is parsed again."""
+    async def _load(self, digest: bytes, token: str, now: float) -> _Entry | None:
+        """The entry for ``digest`` as the database holds it now, cached unless a local change
+        happened meanwhile (None: no key has this token)."""
         generation = self._generation
-        if stale is not None:
-            current = await queries.state(self._reader, digest, old=stale.via_old)
-            if current is not None and tuple(cast(Iterable[Any], current)) == stale.state:
-                stale.refresh_at = now + self._cache_seconds
-                return stale
         via_old = False
         row = await queries.lookup(self._reader, digest)
         if row is None:

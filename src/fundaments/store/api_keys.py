@@ -8,14 +8,17 @@ rotation, inside its overlap). The service reads both rows by column position.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import asyncpg
 
-from fundaments.store.base import Database, Executor, Row
+from fundaments.errors import StorageError
+from fundaments.store.base import Database, Executor, Row, to_sqlite
 from fundaments.store.postgres import PostgresDatabase
+from fundaments.store.sqlite import READER_BUSY_TIMEOUT_MS, SQLiteDatabase
 
 log = logging.getLogger(__name__)
 RETRY_PINNED_AFTER = 5.0  # seconds on the pool after the pinned connection failed
@@ -25,6 +28,20 @@ class Reader(Protocol):
     """What the hot-path reads need: the database, or a :class:`PinnedReader`."""
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+
+
+class HotReader(Reader, Protocol):
+    async def close(self) -> None: ...
+
+
+def hot_reader(db: Database) -> HotReader | None:
+    """A dedicated reader for the hot-path reads: :class:`PinnedReader` on PostgreSQL,
+    :class:`SQLiteReader` on SQLite."""
+    if isinstance(db, PostgresDatabase):
+        return PinnedReader(db)
+    if isinstance(db, SQLiteDatabase):
+        return SQLiteReader(db)
+    return None
 
 
 _COLUMNS = (
@@ -65,12 +82,6 @@ async def lookup_old(db: Reader, digest: bytes) -> Row | None:
     """The key whose previous token has this digest, whatever its deadline (the caller checks
     ``old_expires_at``)."""
     return await db.fetchrow(LOOKUP_OLD, digest)
-
-
-async def state(db: Reader, digest: bytes, *, old: bool = False) -> Row | None:
-    """The changeable columns (:data:`STATE`) of the key whose current (``old``: previous) token
-    has this digest."""
-    return await db.fetchrow(STATE_OLD if old else STATE, digest)
 
 
 async def insert(
@@ -251,11 +262,6 @@ class PinnedReader:
         self._retry_at = 0.0
         self._closed = False
 
-    @classmethod
-    def for_database(cls, db: Database) -> PinnedReader | None:
-        """A pinned reader for PostgreSQL; None for SQLite (its reads already run on the loop)."""
-        return cls(db) if isinstance(db, PostgresDatabase) else None
-
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         statement = self._statements.get(sql)
         if statement is None or self._busy:
@@ -315,3 +321,35 @@ class PinnedReader:
                 await conn.close(timeout=5)
             except (OSError, TimeoutError, asyncpg.InterfaceError):
                 conn.terminate()
+
+
+class SQLiteReader:
+    """The hot-path reads on a SQLite connection of their own, on the event loop (a WAL read never
+    waits for a writer), returning plain tuples: the store's ``sqlite3.Row`` rows and per-call
+    statement rewriting cost a third of a short indexed read, and these rows are read by position."""
+
+    _SQL = (LOOKUP, LOOKUP_OLD, STATE, STATE_OLD)
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        try:
+            self._conn = sqlite3.connect(
+                db.path, isolation_level=None, check_same_thread=False, timeout=READER_BUSY_TIMEOUT_MS / 1000
+            )
+            self._conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite error: {exc}") from None
+        self._sql = {sql: to_sqlite(sql) for sql in self._SQL}
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        try:
+            cursor = self._conn.execute(self._sql.get(sql) or to_sqlite(sql), args)
+            try:
+                row: Row | None = cursor.fetchone()
+            finally:
+                cursor.close()  # releases the read snapshot at once
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite error: {exc}") from None
+        return row
+
+    async def close(self) -> None:
+        self._conn.close()
