@@ -226,6 +226,8 @@ async def test_rotation_keeps_the_id_and_the_old_token_works_only_for_the_overla
     clock.advance(1)
     assert await security.validate_api_key(created.token, CLIENT) is None  # after: never again
     assert await security.validate_api_key(rotated.token, CLIENT) is not None
+    [refused] = [e for e in await events(fundaments, "api_key.refused") if not e.details.get("summary")]
+    assert refused.details == {"reason": "previous_token_expired", "api_key_id": created.key.id}
     again = await security.rotate_api_key(uid, created.key.id, overlap_seconds=3600)
     clock.advance(10 * DAY)
     assert await security.validate_api_key(created.token, CLIENT) is None

@@ -411,7 +411,9 @@ class ApiKeys:
                 await self._refused("unknown", None, request_data)
                 return None
         if entry.dead is not None or now >= entry.until:
-            await self._refused(entry.dead or "expired", entry.key, request_data)
+            expired = entry.key.expires_at is not None and now >= entry.key.expires_at
+            reason = entry.dead or ("previous_token_expired" if entry.via_old and not expired else "expired")
+            await self._refused(reason, entry.key, request_data)
             return None
         if entry.networks:
             ip = (
@@ -426,7 +428,11 @@ class ApiKeys:
         self._pending[key.id] = now
         if entry.first_use:
             entry.first_use = False
-            await queries.mark_current_used(self._db, key.id)
+            try:
+                await queries.mark_current_used(self._db, key.id)
+            except FundamentsError as exc:  # the key is valid; only a retried rotation's choice waits
+                entry.first_use = True
+                log.warning("could not record the first use of API key %s's new token: %s", key.id, exc)
         return key
 
     async def _load(self, digest: bytes, token: str, now: float) -> _Entry | None:
