@@ -1,0 +1,456 @@
+"""Rate limits and quotas: ``"100/minute"`` per key, cost-weighted, exact across instances.
+
+The algorithm is GCRA (the generic cell rate algorithm of ATM networks, the "leaky bucket as a
+meter"). Why GCRA rather than a sliding window or a token bucket:
+
+- one value per key, the *theoretical arrival time* (TAT): the moment the key would be fully
+  replenished. A sliding-window log keeps one entry per request (100,000 for "100000/day"); a
+  sliding-window counter keeps two counters and is only an approximation; a token bucket keeps two
+  values (tokens, last refill) that must be updated together.
+- exact: the decision is integer arithmetic on that one value (microseconds), so one atomic
+  statement — a Lua script on Redis, an upsert on SQLite/PostgreSQL — decides, and N concurrent
+  requests on any number of instances against ``limit`` allow exactly ``limit``.
+- no window-edge bursts: a fixed window allows ``2 × limit`` around its edge (the end of one
+  window and the start of the next); GCRA allows a burst of ``limit`` and then spaces requests one
+  emission interval (``window / limit``) apart, however the calls fall on the clock.
+
+With ``T = ceil(window / limit)`` (µs) and ``P = limit × T``, a request of ``cost`` at ``now``:
+``tat = max(stored, now)``; it is allowed when ``tat + cost × T - P <= now`` and then stores
+``tat + cost × T``; a refusal stores nothing. A cost above the limit is refused without consuming
+(``retry_after`` is infinite: waiting never allows it). A clock that goes backwards makes stored TATs
+look further away, so decisions only become stricter until it catches up — never looser.
+
+Backends (chosen by :meth:`RateLimiter.from_settings`, see docs/ratelimits.md): :class:`MemoryBackend`
+(one process, tests), :class:`DatabaseBackend` (the ``fundaments_rate_limits`` table: one upsert per
+decision), :class:`RedisBackend` (one Lua script per decision, one round trip). Only rate limits and
+quotas live here: the login throttle and account-lock counters stay in the database, the source of
+truth an attacker cannot reset by restarting a cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import logging
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from fundaments.clock import Clock, SystemClock
+from fundaments.config import Settings, mask_dsn
+from fundaments.errors import ConfigurationError, InvalidArgument, ServiceUnavailable
+from fundaments.models import RateLimitDecision
+from fundaments.store import Database
+from fundaments.store import ratelimit as queries
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+FailMode = Literal["closed", "open"]
+US = 1_000_000  # microseconds per second: every TAT is an integer number of them
+MAX_LIMIT = 1_000_000_000
+MAX_RATE_TEXT = 64
+MAX_KEY_LENGTH = 200
+MAX_COST = 10**12
+WINDOWS = {
+    "second": 1,
+    "s": 1,
+    "sec": 1,
+    "minute": 60,
+    "m": 60,
+    "min": 60,
+    "hour": 3_600,
+    "h": 3_600,
+    "hr": 3_600,
+    "day": 86_400,
+    "d": 86_400,
+}
+_RATE = re.compile(r"\s*([0-9]{1,10})\s*/\s*([a-z]{1,8})\s*", re.ASCII | re.IGNORECASE)
+
+PURGE_EVERY = 1_000  # database decisions between purges of fully replenished rows
+PURGE_BATCH = 1_000  # rows one purge deletes at most: a purge never holds the table for long
+EVICT_TO = 0.9  # a full memory table evicts down to this share of its bound
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` requests per ``window`` seconds, with its GCRA constants in microseconds."""
+
+    limit: int
+    window: int
+    interval: int  # T: the emission interval, ceil(window / limit)
+    period: int  # P = limit × T: a burst of exactly ``limit``, a rate never above the limit
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window}s"
+
+
+@lru_cache(maxsize=1024)
+def parse_rate(text: str) -> Rate:
+    """``"100/minute"`` as a :class:`Rate`; units second, minute, hour, day (also s, sec, m, min,
+    h, hr, d and plurals). InvalidArgument, saying what is accepted, for anything else."""
+    if not isinstance(text, str) or len(text) > MAX_RATE_TEXT:
+        raise InvalidArgument(_rate_problem(text))
+    match = _RATE.fullmatch(text)
+    if match is None:
+        raise InvalidArgument(_rate_problem(text))
+    unit = match[2].lower()
+    window = WINDOWS.get(unit) or (WINDOWS.get(unit[:-1]) if len(unit) > 3 and unit[-1] == "s" else None)
+    limit = int(match[1])
+    if window is None or not 0 < limit <= MAX_LIMIT:
+        raise InvalidArgument(_rate_problem(text))
+    interval = -(-window * US // limit)  # ceil: P may exceed the window by < 1 µs per request
+    return Rate(limit=limit, window=window, interval=interval, period=limit * interval)
+
+
+def _rate_problem(text: object) -> str:
+    shown = repr(text[:MAX_RATE_TEXT]) if isinstance(text, str) else type(text).__name__
+    return (
+        f"rate limit {shown} is not of the form N/second, N/minute, N/hour or N/day "
+        f"(N from 1 to {MAX_LIMIT:,}), e.g. '100/minute'"
+    )
+
+
+def decision(rate: Rate, cost: int, allowed: bool, tat: int, now: int) -> RateLimitDecision:
+    """The decision for a request of ``cost`` at ``now``, from the key's TAT after it (allowed) or
+    as it stands (refused). Shared by every backend, so they answer identically."""
+    tat = max(tat, now)
+    remaining = min(rate.limit, max(0, (now + rate.period - tat) // rate.interval))
+    retry_after = 0.0
+    if not allowed:
+        retry_after = math.inf if cost > rate.limit else (tat + cost * rate.interval - rate.period - now) / US
+    return RateLimitDecision(
+        allowed=allowed,
+        remaining=remaining,
+        retry_after=retry_after,
+        reset_after=(tat - now) / US,
+        limit=rate.limit,
+        window=float(rate.window),
+    )
+
+
+class Backend(Protocol):
+    """Where TATs live. ``consume`` is one atomic step: with ``tat = max(stored, now)``, store
+    ``tat + increment`` when ``tat + increment - period <= now`` (nothing when ``increment`` is 0).
+    Returns (allowed, the TAT after — or as it stands when refused —, the ``now`` used)."""
+
+    name: str
+
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryBackend:
+    """TATs in a dict: one process only (tests, a single instance without a database to spare).
+
+    Bounded by ``max_keys``: when full, fully replenished keys go first (they hold no
+    information); only if every key is live are the closest-to-replenished ones dropped, which
+    lets those keys start afresh — logged, as it means the bound is too small.
+    """
+
+    name = "memory"
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._tats: dict[str, int] = {}
+        self._max_keys = max_keys
+
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
+        stored = self._tats.get(key)
+        tat = now if stored is None or stored < now else stored
+        new_tat = tat + increment
+        if new_tat - period > now:
+            return False, tat, now
+        if increment:
+            if stored is None and len(self._tats) >= self._max_keys:
+                self._evict(now)
+            self._tats[key] = new_tat
+        return True, new_tat, now
+
+    def _evict(self, now: int) -> None:
+        self._tats = {key: tat for key, tat in self._tats.items() if tat > now}
+        excess = len(self._tats) - int(self._max_keys * EVICT_TO)
+        if excess > 0:
+            for key, _tat in heapq.nsmallest(excess, self._tats.items(), key=lambda item: item[1]):
+                del self._tats[key]
+            log.warning(
+                "rate limits: the memory table is full (%d live keys); %d keys closest to replenished "
+                "were dropped — raise RATE_LIMIT_MEMORY_KEYS or use the database or Redis backend",
+                self._max_keys,
+                excess,
+            )
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    async def close(self) -> None:
+        self._tats.clear()
+
+
+class DatabaseBackend:
+    """TATs in ``fundaments_rate_limits``: one upsert per allowed decision, exact across every
+    process that shares the database (SQLite: ``BEGIN IMMEDIATE`` serializes them; PostgreSQL:
+    the upsert's row lock). A refusal writes nothing and reads the TAT for its numbers."""
+
+    name = "database"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._since_purge = 0
+
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
+        if increment:
+            self._since_purge += 1
+            if self._since_purge >= PURGE_EVERY:
+                self._since_purge = 0
+                await queries.purge(self._db, now, PURGE_BATCH)
+            tat = await queries.consume(self._db, key, now, increment, period)
+            if tat is not None:
+                return True, tat, now
+        stored = await queries.tat(self._db, key)
+        tat = now if stored is None or stored < now else stored
+        # refused by the upsert (the TAT read after it is only for the numbers), or a peek
+        return not increment and tat - period <= now, tat, now
+
+    async def close(self) -> None:
+        """The database belongs to the caller; nothing to release."""
+
+
+# KEYS[1]: the key. ARGV: now (µs; empty: the server's TIME), increment, period (µs).
+# Returns {allowed, tat, now}. Numbers stay below 2^53, exact in Lua's doubles.
+LUA_CONSUME = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local increment = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + increment
+if new_tat - period > now then
+  return {0, tat, now}
+end
+if increment > 0 then
+  local ttl = new_tat - now
+  if ARGV[1] ~= '' then ttl = period end
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(ttl / 1000))
+end
+return {1, new_tat, now}
+"""
+LUA_SHA = hashlib.sha1(LUA_CONSUME.encode(), usedforsecurity=False).hexdigest()
+REDIS_PREFIX = "fundaments:rl:"
+
+
+def redis_key(key: str, prefix: str = REDIS_PREFIX) -> str:
+    """The Redis key of ``key``, with a Cluster hash tag made of its first two ``:`` parts, so
+    ``user:42:requests`` and ``user:42:tokens`` share a slot (``{user:42}``). A key that brings
+    its own braces keeps them."""
+    if "{" in key or "}" in key:
+        return prefix + key
+    head, _, rest = key.partition(":")
+    second, sep, tail = rest.partition(":")
+    if not sep:
+        return f"{prefix}{{{key}}}"
+    return f"{prefix}{{{head}:{second}}}:{tail}"
+
+
+class RedisBackend:
+    """TATs in Redis: one ``EVALSHA`` per decision, one round trip, atomic on the server.
+
+    ``server_time``: the script reads Redis's own clock (``TIME``), so every instance decides on
+    the same clock whatever their own clocks say (skew between instances would otherwise loosen a
+    limit by the skew). Off, the caller's ``now`` is used — what tests with an injected clock need;
+    keys then live a whole period, as instance clocks cannot be trusted to agree on expiry.
+
+    Every call is bounded by ``timeout`` (connect and read; redis-py's retries are off). While
+    Redis is unreachable calls raise ServiceUnavailable at once, without touching the network,
+    except one probe every ``retry_interval`` seconds; the outage is logged once when it starts and
+    once when it ends.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        server_time: bool = True,
+        retry_interval: float = 1.0,
+        description: str = "redis",
+        prefix: str = REDIS_PREFIX,
+    ) -> None:
+        self._client = client
+        self._server_time = server_time
+        self._retry_interval = retry_interval
+        self._prefix = prefix
+        self.description = description
+        self._down = False
+        self._next_probe = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float, **options: Any) -> RedisBackend:
+        try:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise ConfigurationError(
+                "REDIS_URL is set but redis-py is not installed: pip install 'fundaments[redis]'",
+                variable="REDIS_URL",
+            ) from None
+        client = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # a retry would double the wait; the next request retries
+            retry_on_timeout=False,
+        )
+        return cls(client, description=mask_dsn(url), **options)
+
+    @property
+    def available(self) -> bool:
+        """False while an outage is going on (until a probe succeeds)."""
+        return not self._down
+
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
+        loop = asyncio.get_running_loop()
+        if self._down and loop.time() < self._next_probe:
+            raise ServiceUnavailable(f"Redis at {self.description} is unreachable")
+        args = ("" if self._server_time else now, increment, period)
+        name = redis_key(key, self._prefix)
+        try:
+            try:
+                result = await self._client.evalsha(LUA_SHA, 1, name, *args)
+            except _no_script():
+                # A restarted or flushed server forgot the script: load it once, then go on.
+                await self._client.script_load(LUA_CONSUME)
+                result = await self._client.evalsha(LUA_SHA, 1, name, *args)
+        except (_redis_errors(), OSError, TimeoutError) as exc:
+            self._went_down(loop, exc)
+            raise ServiceUnavailable(f"Redis at {self.description} is unreachable") from None
+        if self._down:
+            self._down = False
+            log.warning("rate limits: Redis at %s is reachable again; limits apply again", self.description)
+        allowed, tat, server_now = result
+        return bool(allowed), int(tat), int(server_now)
+
+    def _went_down(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+        self._next_probe = loop.time() + self._retry_interval
+        if not self._down:
+            self._down = True
+            log.warning(
+                "rate limits: Redis at %s is unreachable (%s: %s); decisions follow RATE_LIMIT_FAIL "
+                "until it answers again (retried every %.1f s)",
+                self.description,
+                type(exc).__name__,
+                exc,
+                self._retry_interval,
+            )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _redis_errors() -> type[Exception]:
+    from redis.exceptions import RedisError
+
+    return RedisError
+
+
+def _no_script() -> type[Exception]:
+    from redis.exceptions import NoScriptError
+
+    return NoScriptError
+
+
+class RateLimiter:
+    """Decides rate limits on one backend, with the fail mode for a backend that cannot answer."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        *,
+        fail: FailMode = "closed",
+        fail_retry_after: float = 1.0,
+    ) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._fail = fail
+        self._fail_retry_after = fail_retry_after
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Database, clock: Clock) -> RateLimiter:
+        """Redis when REDIS_URL is set, else the database; RATE_LIMIT_BACKEND overrides."""
+        backend: Backend
+        choice = settings.rate_limit_backend_choice
+        if choice == "memory":
+            backend = MemoryBackend(settings.rate_limit_memory_keys)
+        elif choice == "database":
+            backend = DatabaseBackend(db)
+        else:
+            assert settings.redis_url is not None
+            backend = RedisBackend.from_url(
+                settings.redis_url.get_secret_value(),
+                timeout=settings.rate_limit_redis_timeout,
+                # an injected clock (tests, simulations) must also be the limiter's clock
+                server_time=isinstance(clock, SystemClock),
+                retry_interval=settings.rate_limit_redis_retry,
+            )
+        return cls(
+            backend,
+            clock,
+            fail=settings.rate_limit_fail,
+            fail_retry_after=max(1.0, settings.rate_limit_redis_retry),
+        )
+
+    async def hit(
+        self, key: str, rate: Rate, cost: int = 1, fail: FailMode | None = None
+    ) -> RateLimitDecision:
+        """Count a request of ``cost`` against ``rate`` for ``key``; the decision. Cost 0 reads
+        the key's state without consuming anything."""
+        now = round(self._clock.now() * US)
+        over = cost > rate.limit  # never allowed: consume nothing, report the state
+        try:
+            allowed, tat, now = await self.backend.consume(
+                key, now, 0 if over else cost * rate.interval, rate.period
+            )
+        except ServiceUnavailable:
+            return self._failed(rate, cost, fail or self._fail)
+        return decision(rate, cost, allowed and not over, tat, now)
+
+    def _failed(self, rate: Rate, cost: int, fail: FailMode) -> RateLimitDecision:
+        if fail == "open" and cost <= rate.limit:
+            return RateLimitDecision(True, rate.limit - cost, 0.0, 0.0, rate.limit, float(rate.window))
+        retry = math.inf if cost > rate.limit else self._fail_retry_after
+        return RateLimitDecision(False, 0, retry, self._fail_retry_after, rate.limit, float(rate.window))
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+def check_key(key: object) -> str:
+    """``key`` if it is a usable rate-limit key: 1 to MAX_KEY_LENGTH characters, no NUL."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH or "\x00" in key:
+        raise InvalidArgument(
+            f"a rate-limit key must be a non-empty string of at most {MAX_KEY_LENGTH} characters "
+            "without NUL, e.g. 'user:42:tokens'"
+        )
+    return key
+
+
+def check_cost(cost: object) -> int:
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 0 <= cost <= MAX_COST:
+        raise InvalidArgument(
+            f"cost must be an integer from 0 to {MAX_COST:,}, e.g. the tokens a request used"
+        )
+    return cost
