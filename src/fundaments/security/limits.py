@@ -1,0 +1,71 @@
+"""The limits part of the facade: rate limits and quotas per key (docs/ratelimits.md).
+
+A key names what is counted — ``user:42:requests``, ``key:<api key id>``, ``ip:203.0.113.7`` — so
+one limit can be shared by all of a user's API keys (count under the user's key) while another
+applies per key. ``limit`` is ``"N/second|minute|hour|day"``; ``cost`` weighs a request (LLM
+tokens, say). Nothing here is audited: a decision is on every request's path, and a refusal is
+the caller's to answer (429 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from fundaments.errors import RateLimited, ServiceUnavailable
+from fundaments.models import RateLimitDecision
+from fundaments.ratelimit import Rate, RateLimiter, check_cost, check_key, parse_rate
+from fundaments.security._core import SecurityCore
+
+
+class LimitsPart(SecurityCore):
+    """``rate_limit`` (a decision) and ``enforce_rate_limit`` (a decision, RateLimited if refused)."""
+
+    async def rate_limit(
+        self,
+        key: str,
+        limit: str | Rate,
+        cost: int = 1,
+        *,
+        fail: Literal["closed", "open"] | None = None,
+    ) -> RateLimitDecision:
+        """Count one request of ``cost`` for ``key`` against ``limit``; whether it may go ahead.
+
+        Exact under concurrency on every backend: N simultaneous requests on any number of
+        instances sharing the backend allow exactly ``limit`` (GCRA: a burst of ``limit``, then
+        one request every ``window / limit``). A refusal consumes nothing; a cost above the limit
+        is always refused (``retry_after`` infinite); cost 0 reads the state without counting.
+        ``fail`` overrides RATE_LIMIT_FAIL for this call (what to answer while Redis is down).
+        InvalidArgument for a malformed key, limit or cost.
+        """
+        rate = limit if isinstance(limit, Rate) else parse_rate(limit)
+        return await self._require_rate_limiter().hit(check_key(key), rate, check_cost(cost), fail)
+
+    async def enforce_rate_limit(
+        self,
+        key: str,
+        limit: str | Rate,
+        cost: int = 1,
+        *,
+        fail: Literal["closed", "open"] | None = None,
+    ) -> RateLimitDecision:
+        """:meth:`rate_limit`, raising RateLimited (with ``retry_after`` and the decision) when refused."""
+        decision = await self.rate_limit(key, limit, cost, fail=fail)
+        if not decision.allowed:
+            wait = (
+                "never for this cost" if math.isinf(decision.retry_after) else f"{decision.retry_after:.3g} s"
+            )
+            raise RateLimited(
+                f"rate limit of {decision.limit} per {decision.window:g} s reached for this client; "
+                f"retry after {wait}",
+                retry_after=decision.retry_after,
+                decision=decision,
+            )
+        return decision
+
+    def _require_rate_limiter(self) -> RateLimiter:
+        if self._rate_limiter is None:
+            raise ServiceUnavailable(
+                "rate limits are not running: build Security with initialize_fundaments()"
+            )
+        return self._rate_limiter
