@@ -90,12 +90,16 @@ class Rate:
         return f"{self.limit}/{self.window}s"
 
 
-@lru_cache(maxsize=1024)
 def parse_rate(text: str) -> Rate:
     """``"100/minute"`` as a :class:`Rate`; units second, minute, hour, day (also s, sec, m, min,
     h, hr, d and plurals). InvalidArgument, saying what is accepted, for anything else."""
     if not isinstance(text, str) or len(text) > MAX_RATE_TEXT:
         raise InvalidArgument(_rate_problem(text))
+    return _parse_rate(text)
+
+
+@lru_cache(maxsize=1024)  # limits are a handful of constants: parse each once
+def _parse_rate(text: str) -> Rate:
     match = _RATE.fullmatch(text)
     if match is None:
         raise InvalidArgument(_rate_problem(text))
