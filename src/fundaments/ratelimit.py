@@ -199,7 +199,12 @@ class MemoryBackend:
 class DatabaseBackend:
     """TATs in ``fundaments_rate_limits``: one upsert per allowed decision, exact across every
     process that shares the database (SQLite: ``BEGIN IMMEDIATE`` serializes them; PostgreSQL:
-    the upsert's row lock). A refusal writes nothing and reads the TAT for its numbers."""
+    the upsert's row lock).
+
+    A plain read comes first: a TAT only grows (a purge removes only rows that allow anything), so
+    a read that already refuses is final, and a flood against a spent key costs reads — on SQLite
+    microseconds on the event loop — instead of writes queueing for the lock.
+    """
 
     name = "database"
 
@@ -208,18 +213,20 @@ class DatabaseBackend:
         self._since_purge = 0
 
     async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
-        if increment:
-            self._since_purge += 1
-            if self._since_purge >= PURGE_EVERY:
-                self._since_purge = 0
-                await queries.purge(self._db, now, PURGE_BATCH)
-            tat = await queries.consume(self._db, key, now, increment, period)
-            if tat is not None:
-                return True, tat, now
         stored = await queries.tat(self._db, key)
         tat = now if stored is None or stored < now else stored
-        # refused by the upsert (the TAT read after it is only for the numbers), or a peek
-        return not increment and tat - period <= now, tat, now
+        if not increment or tat + increment - period > now:
+            return tat - period <= now and not increment, tat, now
+        self._since_purge += 1
+        if self._since_purge >= PURGE_EVERY:
+            self._since_purge = 0
+            await queries.purge(self._db, now, PURGE_BATCH)
+        new_tat = await queries.consume(self._db, key, now, increment, period)
+        if new_tat is not None:
+            return True, new_tat, now
+        # another process consumed since the read: refused; the TAT read again is for the numbers
+        stored = await queries.tat(self._db, key)
+        return False, now if stored is None or stored < now else stored, now
 
     async def close(self) -> None:
         """The database belongs to the caller; nothing to release."""
