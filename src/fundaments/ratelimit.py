@@ -120,19 +120,18 @@ def _rate_problem(text: object) -> str:
     )
 
 
-def decision(rate: Rate, cost: int, allowed: bool, tat: int, now: int) -> RateLimitDecision:
-    """The decision for a request of ``cost`` at ``now``, from the key's TAT after it (allowed) or
-    as it stands (refused). Shared by every backend, so they answer identically."""
-    tat = max(tat, now)
-    remaining = min(rate.limit, max(0, (now + rate.period - tat) // rate.interval))
+def decision(rate: Rate, cost: int, allowed: bool, ahead: int) -> RateLimitDecision:
+    """The decision for a request of ``cost``, from how far (µs) the key's TAT is ahead of now
+    after it (allowed) or as it stands (refused). Shared by every backend: they answer alike."""
+    remaining = min(rate.limit, max(0, (rate.period - ahead) // rate.interval))
     retry_after = 0.0
     if not allowed:
-        retry_after = math.inf if cost > rate.limit else (tat + cost * rate.interval - rate.period - now) / US
+        retry_after = math.inf if cost > rate.limit else (ahead + cost * rate.interval - rate.period) / US
     return RateLimitDecision(
         allowed=allowed,
         remaining=remaining,
         retry_after=retry_after,
-        reset_after=(tat - now) / US,
+        reset_after=ahead / US,
         limit=rate.limit,
         window=float(rate.window),
     )
@@ -141,11 +140,12 @@ def decision(rate: Rate, cost: int, allowed: bool, tat: int, now: int) -> RateLi
 class Backend(Protocol):
     """Where TATs live. ``consume`` is one atomic step: with ``tat = max(stored, now)``, store
     ``tat + increment`` when ``tat + increment - period <= now`` (nothing when ``increment`` is 0).
-    Returns (allowed, the TAT after — or as it stands when refused —, the ``now`` used)."""
+    Returns (allowed, how far the TAT is then ahead of ``now`` in µs — after the request when
+    allowed, as it stands when refused)."""
 
     name: str
 
-    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]: ...
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]: ...
 
     async def close(self) -> None: ...
 
@@ -164,17 +164,17 @@ class MemoryBackend:
         self._tats: dict[str, int] = {}
         self._max_keys = max_keys
 
-    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]:
         stored = self._tats.get(key)
         tat = now if stored is None or stored < now else stored
         new_tat = tat + increment
         if new_tat - period > now:
-            return False, tat, now
+            return False, tat - now
         if increment:
             if stored is None and len(self._tats) >= self._max_keys:
                 self._evict(now)
             self._tats[key] = new_tat
-        return True, new_tat, now
+        return True, new_tat - now
 
     def _evict(self, now: int) -> None:
         self._tats = {key: tat for key, tat in self._tats.items() if tat > now}
@@ -212,55 +212,58 @@ class DatabaseBackend:
         self._db = db
         self._since_purge = 0
 
-    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]:
         stored = await queries.tat(self._db, key)
         tat = now if stored is None or stored < now else stored
         if not increment or tat + increment - period > now:
-            return tat - period <= now and not increment, tat, now
+            return tat - period <= now and not increment, tat - now
         self._since_purge += 1
         if self._since_purge >= PURGE_EVERY:
             self._since_purge = 0
             await queries.purge(self._db, now, PURGE_BATCH)
-        new_tat = await queries.consume(self._db, key, now, increment, period)
+        new_tat = await queries.consume(self._db, self._db.dialect, key, now, increment, period)
         if new_tat is not None:
-            return True, new_tat, now
+            return True, new_tat - now
         # another process consumed since the read: refused; the TAT read again is for the numbers
         stored = await queries.tat(self._db, key)
-        return False, now if stored is None or stored < now else stored, now
+        return False, 0 if stored is None or stored < now else stored - now
 
     async def close(self) -> None:
         """The database belongs to the caller; nothing to release."""
 
 
-# KEYS[1]: the key. ARGV: now (µs; empty: the server's TIME), increment, period (µs).
-# Returns {allowed, tat, now}. Numbers stay below 2^53, exact in Lua's doubles.
+# KEYS[1]: the key. ARGV: increment, period (µs) and, without server time, now (µs; absent: the
+# server's TIME — one argument fewer on the wire). Returns one integer (one reply line): how far
+# the TAT is ahead of now when allowed, -1 minus that when refused. Numbers stay below 2^53,
+# exact in Lua's doubles; '%.0f' writes them without the exponent tostring would use.
 LUA_CONSUME = """
 local now
-if ARGV[1] == '' then
+if ARGV[3] then
+  now = tonumber(ARGV[3])
+else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
 end
-local increment = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
+local increment = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local new_tat = tat + increment
 if new_tat - period > now then
-  return {0, tat, now}
+  return -1 - (tat - now)
 end
 if increment > 0 then
   local ttl = new_tat - now
-  if ARGV[1] ~= '' then ttl = period end
+  if ARGV[3] then ttl = period end
   redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(ttl / 1000))
 end
-return {1, new_tat, now}
+return new_tat - now
 """
 LUA_SHA = hashlib.sha1(LUA_CONSUME.encode(), usedforsecurity=False).hexdigest()
 REDIS_PREFIX = "fundaments:rl:"
 
 
+@lru_cache(maxsize=65_536)  # hot keys repeat: build each Redis key once
 def redis_key(key: str, prefix: str = REDIS_PREFIX) -> str:
     """The Redis key of ``key``, with a Cluster hash tag made of its first two ``:`` parts, so
     ``user:42:requests`` and ``user:42:tokens`` share a slot (``{user:42}``). A key that brings
@@ -332,11 +335,10 @@ class RedisBackend:
         """False while an outage is going on (until a probe succeeds)."""
         return not self._down
 
-    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int, int]:
-        loop = asyncio.get_running_loop()
-        if self._down and loop.time() < self._next_probe:
+    async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]:
+        if self._down and asyncio.get_running_loop().time() < self._next_probe:
             raise ServiceUnavailable(f"Redis at {self.description} is unreachable")
-        args = ("" if self._server_time else now, increment, period)
+        args: tuple[int, ...] = (increment, period) if self._server_time else (increment, period, now)
         name = redis_key(key, self._prefix)
         try:
             try:
@@ -346,13 +348,13 @@ class RedisBackend:
                 await self._client.script_load(LUA_CONSUME)
                 result = await self._client.evalsha(LUA_SHA, 1, name, *args)
         except (_redis_errors(), OSError, TimeoutError) as exc:
-            self._went_down(loop, exc)
+            self._went_down(asyncio.get_running_loop(), exc)
             raise ServiceUnavailable(f"Redis at {self.description} is unreachable") from None
         if self._down:
             self._down = False
             log.warning("rate limits: Redis at %s is reachable again; limits apply again", self.description)
-        allowed, tat, server_now = result
-        return bool(allowed), int(tat), int(server_now)
+        ahead = int(result)
+        return (True, ahead) if ahead >= 0 else (False, -1 - ahead)
 
     def _went_down(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         self._next_probe = loop.time() + self._retry_interval
@@ -432,12 +434,12 @@ class RateLimiter:
         now = round(self._clock.now() * US)
         over = cost > rate.limit  # never allowed: consume nothing, report the state
         try:
-            allowed, tat, now = await self.backend.consume(
+            allowed, ahead = await self.backend.consume(
                 key, now, 0 if over else cost * rate.interval, rate.period
             )
         except ServiceUnavailable:
             return self._failed(rate, cost, fail or self._fail)
-        return decision(rate, cost, allowed and not over, tat, now)
+        return decision(rate, cost, allowed and not over, ahead)
 
     def _failed(self, rate: Rate, cost: int, fail: FailMode) -> RateLimitDecision:
         if fail == "open" and cost <= rate.limit:
