@@ -475,3 +475,21 @@ async def test_from_settings_builds_the_chosen_backend(tmp_path: Path) -> None:
     await limiter.close()
     memory = load_settings(env_file=tmp_path / "absent.env", rate_limit_backend="memory")
     assert isinstance(RateLimiter.from_settings(memory, None, ManualClock()).backend, MemoryBackend)  # type: ignore[arg-type]
+
+
+async def test_the_documented_example_runs(fundaments, capsys) -> None:
+    """docs/ratelimits.md's first example, run as written against a started Security."""
+    import re
+    import textwrap
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ratelimits.md").read_text()
+    block = re.search(r"```python\n(.*?)```", doc, re.DOTALL)
+    assert block is not None
+    source = "async def example(security):\n" + textwrap.indent(block[1], "    ")
+    namespace: dict[str, Any] = {"RateLimited": RateLimited}
+    exec(compile(source, "docs/ratelimits.md", "exec"), namespace)
+    security: Security = fundaments.security
+    for _ in range(10):
+        await security.rate_limit("ip:203.0.113.7:login", "10/minute")  # spent: the example's enforce refuses
+    await namespace["example"](security)
+    assert capsys.readouterr().out.strip() == "6.0 0"
