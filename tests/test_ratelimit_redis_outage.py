@@ -35,7 +35,7 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if "is unreachable or failing" in r.getMessage()]
 
 
 def recovery_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -126,6 +126,14 @@ async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout(
             allowed, took = await timed(limiter, "k")
             assert not allowed and took < BOUND
         assert len(held) == connections  # no new connection while the circuit is open
+        # the probe is due and 50 requests arrive at once: one of them probes, the others do not wait
+        backend._next_probe = 0.0
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        decisions = await asyncio.gather(*(limiter.hit(f"k{i}", RATE) for i in range(50)))
+        assert not any(d.allowed for d in decisions) and loop.time() - start < BOUND
+        await asyncio.sleep(0.05)  # let the silent server register what connected
+        assert len(held) <= connections + 1
         assert len(outage_lines(caplog)) == 1
     finally:
         await backend.close()

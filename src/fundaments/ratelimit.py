@@ -336,8 +336,11 @@ class RedisBackend:
         return not self._down
 
     async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]:
-        if self._down and asyncio.get_running_loop().time() < self._next_probe:
-            raise ServiceUnavailable(f"Redis at {self.description} is unreachable")
+        if self._down:
+            now_loop = asyncio.get_running_loop().time()
+            if now_loop < self._next_probe:
+                raise ServiceUnavailable(f"Redis at {self.description} is unavailable")
+            self._next_probe = now_loop + self._retry_interval  # this call probes; the others wait
         args: tuple[int, ...] = (increment, period) if self._server_time else (increment, period, now)
         name = redis_key(key, self._prefix)
         try:
@@ -349,7 +352,7 @@ class RedisBackend:
                 result = await self._client.evalsha(LUA_SHA, 1, name, *args)
         except (_redis_errors(), OSError, TimeoutError) as exc:
             self._went_down(asyncio.get_running_loop(), exc)
-            raise ServiceUnavailable(f"Redis at {self.description} is unreachable") from None
+            raise ServiceUnavailable(f"Redis at {self.description} is unavailable") from None
         if self._down:
             self._down = False
             log.warning("rate limits: Redis at %s is reachable again; limits apply again", self.description)
@@ -361,8 +364,8 @@ class RedisBackend:
         if not self._down:
             self._down = True
             log.warning(
-                "rate limits: Redis at %s is unreachable (%s: %s); decisions follow RATE_LIMIT_FAIL "
-                "until it answers again (retried every %.1f s)",
+                "rate limits: Redis at %s is unreachable or failing (%s: %s); decisions follow "
+                "RATE_LIMIT_FAIL until it answers again (retried every %.1f s)",
                 self.description,
                 type(exc).__name__,
                 exc,
