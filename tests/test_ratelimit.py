@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,7 @@ async def test_the_database_purge_removes_only_replenished_rows(database_url: st
         ("user:42", "p:{user:42}"),
         ("global", "p:{global}"),
         ("{tenant:7}:user:1", "p:{tenant:7}:user:1"),
+        ("ip:{2001:db8::1}:login", "p:ip:{2001:db8::1}:login"),  # the caller's braces are the tag
     ],
 )
 def test_redis_keys_carry_a_hash_tag_so_a_users_keys_share_a_slot(key: str, stored: str) -> None:
@@ -493,3 +495,25 @@ async def test_the_documented_example_runs(fundaments, capsys) -> None:
         await security.rate_limit("ip:203.0.113.7:login", "10/minute")  # spent: the example's enforce refuses
     await namespace["example"](security)
     assert capsys.readouterr().out.strip() == "6.0 0"
+
+
+async def test_initialize_fundaments_with_redis_url_limits_on_redis(
+    make_settings, clock: ManualClock
+) -> None:
+    from fundaments import initialize_fundaments
+
+    url = redis_test_url()
+    started = await initialize_fundaments(make_settings(redis_url=url), clock=clock, configure_logs=False)
+    key = f"user:{secrets.token_hex(6)}:requests"
+    try:
+        backend = started["rate_limiter"].backend
+        assert isinstance(backend, RedisBackend) and not backend._server_time  # the injected clock decides
+        assert [(await started.security.rate_limit(key, "2/hour")).allowed for _ in range(3)] == [
+            True,
+            True,
+            False,
+        ]
+        assert await backend._client.exists(redis_key(key)) == 1
+    finally:
+        await started["rate_limiter"].backend._client.delete(redis_key(key))
+        await started.close()

@@ -17,7 +17,7 @@ import pytest
 
 from fundaments.clock import ManualClock
 from fundaments.ratelimit import RateLimiter, RedisBackend, parse_rate
-from ratelimit_support import OwnRedis
+from ratelimit_support import OwnRedis, free_port
 
 TIMEOUT = 0.2  # RATE_LIMIT_REDIS_TIMEOUT of these tests
 BOUND = TIMEOUT + 1.0
@@ -141,3 +141,14 @@ async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout(
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_outage_line_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://:hunter2-redis-secret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    backend = RedisBackend.from_url(url, timeout=TIMEOUT)
+    try:
+        assert not (await RateLimiter(backend, ManualClock()).hit("k", RATE)).allowed
+    finally:
+        await backend.close()
+    assert len(outage_lines(caplog)) == 1
+    assert "hunter2-redis-secret" not in caplog.text and ":***@127.0.0.1" in caplog.text
