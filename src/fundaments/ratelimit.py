@@ -21,10 +21,10 @@ With ``T = ceil(window / limit)`` (µs) and ``P = limit × T``, a request of ``c
 look further away, so decisions only become stricter until it catches up — never looser.
 
 Backends (chosen by :meth:`RateLimiter.from_settings`, see docs/ratelimits.md): :class:`MemoryBackend`
-(one process, tests), :class:`DatabaseBackend` (the ``fundaments_rate_limits`` table: one upsert per
-decision), :class:`RedisBackend` (one Lua script per decision, one round trip). Only rate limits and
-quotas live here: the login throttle and account-lock counters stay in the database, the source of
-truth an attacker cannot reset by restarting a cache.
+(one process, tests), :class:`DatabaseBackend` (the ``fundaments_rate_limits`` table: a read, and
+one upsert when it allows), :class:`RedisBackend` (one Lua script per decision, one round trip).
+Only rate limits and quotas live here: the login throttle and account-lock counters stay in the
+database, the source of truth an attacker cannot reset by restarting a cache.
 """
 
 from __future__ import annotations
