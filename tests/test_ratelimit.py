@@ -517,3 +517,30 @@ async def test_initialize_fundaments_with_redis_url_limits_on_redis(
     finally:
         await started["rate_limiter"].backend._client.delete(redis_key(key))
         await started.close()
+
+
+def test_revision_0006_adds_the_table_and_downgrades(tmp_path: Path) -> None:
+    import sqlite3
+
+    from alembic import command
+
+    from fundaments.store.migrate import _sqlite_engine, alembic_config
+
+    url = parse_database_url(f"sqlite:///{tmp_path / 'm.db'}")
+
+    def tables() -> set[str]:
+        with sqlite3.connect(url.sqlite_path) as db:
+            return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    engine = _sqlite_engine(url)
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), "0006")
+            connection.commit()
+        assert "fundaments_rate_limits" in tables()
+        with engine.connect() as connection:
+            command.downgrade(alembic_config(connection), "0005")
+            connection.commit()
+        assert "fundaments_rate_limits" not in tables() and "fundaments_sessions" in tables()
+    finally:
+        engine.dispose()
