@@ -380,6 +380,65 @@ async def test_the_database_purge_removes_only_replenished_rows(database_url: st
 # --- Redis specifics ----------------------------------------------------------------------------------
 
 
+async def run_all_or_nothing(backend: Any) -> list[list[RateLimitDecision]]:
+    clock = ManualClock()
+    limiter = RateLimiter(backend, clock)
+    per_key, per_user = parse_rate("3/minute"), parse_rate("5/minute")
+    steps = [
+        *[[("key:a", per_key, 1), ("user:9", per_user, 1)]] * 4,  # the 4th: key:a is spent
+        [("user:9", per_user, 0)],  # the refusal did not count against the user
+        *[[("key:b", per_key, 1), ("user:9", per_user, 1)]] * 3,  # the 3rd: the user is spent
+        [("key:b", per_key, 0)],  # ... and key:b was not counted for it
+        [("key:c", per_key, 4), ("user:9", per_user, 0)],  # above a limit: refused, nothing counted
+        [("key:c", per_key, 0)],
+    ]
+    outcomes = []
+    for checks in steps:
+        outcomes.append(await limiter.hit_all(checks))
+        clock.advance(0.001)
+    return outcomes
+
+
+async def test_several_limits_are_counted_all_or_nothing(backend: Any) -> None:
+    reference = await run_all_or_nothing(MemoryBackend())
+    assert [all(d.allowed for d in step) for step in reference] == [True] * 3 + [False, True] + [True] * 2 + [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert [d.allowed for d in reference[3]] == [False, False]  # the decisions agree ...
+    assert reference[3][0].retry_after > 0 and reference[3][1].retry_after == 0  # ... each with its numbers
+    assert (
+        reference[4][0].remaining == 2 and reference[8][0].remaining == 1 and reference[10][0].remaining == 3
+    )
+    assert math.isinf(reference[9][0].retry_after)
+    assert await run_all_or_nothing(backend) == reference
+
+
+async def test_all_or_nothing_is_exact_under_concurrency(backend: Any) -> None:
+    """200 simultaneous requests against a key's 100/minute and its owner's 150/minute: exactly 100
+    pass, and the owner's limit counted exactly those 100 (none of the refused ones)."""
+    import asyncio
+
+    limiter = RateLimiter(backend, ManualClock())
+    key, owner = parse_rate("100/minute"), parse_rate("150/minute")
+    outcomes = await asyncio.gather(
+        *(limiter.hit_all([("key:k", key, 1), ("user:u", owner, 1)]) for _ in range(200))
+    )
+    assert sum(all(d.allowed for d in pair) for pair in outcomes) == 100
+    assert (await limiter.hit("user:u", owner, 0)).remaining == 50
+
+
+async def test_rate_limit_all_checks_its_arguments(fundaments) -> None:
+    security: Security = fundaments.security
+    decisions = await security.rate_limit_all([("key:1", "10/minute"), ("user:1", "100/hour", 5)])
+    assert [d.remaining for d in decisions] == [9, 95]
+    for bad in ([], [("k", "1/s")] * 2, [("k",)], ["k"], [("k", "1/s", 1, 1)], [("k", "1/s")] * 17):
+        with pytest.raises(InvalidArgument):
+            await security.rate_limit_all(bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("key", "stored"),
     [

@@ -76,6 +76,11 @@ async def test_fail_closed_holds_while_redis_is_down_and_limits_resume_after(
     assert "RATE_LIMIT_FAIL" in outage_lines(caplog)[0]
     # a route may choose otherwise for itself
     assert (await limiter.hit("user:1", RATE, fail="open")).allowed
+    assert [d.allowed for d in await limiter.hit_all([("a", RATE, 1), ("b", RATE, 1)])] == [False, False]
+    assert [d.allowed for d in await limiter.hit_all([("a", RATE, 1), ("b", RATE, 9)], fail="open")] == [
+        False,
+        False,
+    ]  # one cost above its limit: refused together, in any mode
 
     own_redis.start()  # an empty server: the state and the loaded script are gone
     assert [(await timed(limiter, "user:1"))[0] for _ in range(4)] == [True, True, True, False]

@@ -35,7 +35,8 @@ import heapq
 import logging
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -43,7 +44,7 @@ from fundaments.clock import Clock, SystemClock
 from fundaments.config import Settings, mask_dsn
 from fundaments.errors import ConfigurationError, InvalidArgument, ServiceUnavailable
 from fundaments.models import RateLimitDecision
-from fundaments.store import Database
+from fundaments.store import Database, Executor
 from fundaments.store import ratelimit as queries
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ WINDOWS = {
     "d": 86_400,
 }
 _RATE = re.compile(r"\s*([0-9]{1,10})\s*/\s*([a-z]{1,8})\s*", re.ASCII | re.IGNORECASE)
+
+Item = tuple[str, int, int]  # (key, increment, period), µs
 
 PURGE_EVERY = 1_000  # database decisions between purges of fully replenished rows
 PURGE_BATCH = 1_000  # rows one purge deletes at most: a purge never holds the table for long
@@ -126,7 +129,9 @@ def decision(rate: Rate, cost: int, allowed: bool, ahead: int) -> RateLimitDecis
     remaining = min(rate.limit, max(0, (rate.period - ahead) // rate.interval))
     retry_after = 0.0
     if not allowed:
-        retry_after = math.inf if cost > rate.limit else (ahead + cost * rate.interval - rate.period) / US
+        retry_after = (
+            math.inf if cost > rate.limit else max(0.0, (ahead + cost * rate.interval - rate.period) / US)
+        )
     return RateLimitDecision(
         allowed=allowed,
         remaining=remaining,
@@ -146,6 +151,11 @@ class Backend(Protocol):
     name: str
 
     async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]: ...
+
+    async def consume_all(self, items: Sequence[Item], now: int) -> tuple[bool, list[int]]:
+        """``consume`` for several distinct keys at once, all or nothing: every TAT advances when
+        each one allows, none otherwise. (allowed, how far each TAT is then ahead of now)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -175,6 +185,16 @@ class MemoryBackend:
                 self._evict(now)
             self._tats[key] = new_tat
         return True, new_tat - now
+
+    async def consume_all(self, items: Sequence[Item], now: int) -> tuple[bool, list[int]]:
+        tats = [max(self._tats.get(key, now), now) for key, _, _ in items]
+        if any(
+            tat + increment - period > now for tat, (_, increment, period) in zip(tats, items, strict=True)
+        ):
+            return False, [tat - now for tat in tats]
+        for key, increment, period in items:  # no await inside consume: nothing runs in between
+            await self.consume(key, now, increment, period)
+        return True, [tat + increment - now for tat, (_, increment, _) in zip(tats, items, strict=True)]
 
     def _evict(self, now: int) -> None:
         self._tats = {key: tat for key, tat in self._tats.items() if tat > now}
@@ -228,6 +248,30 @@ class DatabaseBackend:
         stored = await queries.tat(self._db, key)
         return False, 0 if stored is None or stored < now else stored - now
 
+    async def consume_all(self, items: Sequence[Item], now: int) -> tuple[bool, list[int]]:
+        aheads = [await self._ahead(self._db, key, now) for key, _, _ in items]
+        if any(
+            ahead + increment > period for ahead, (_, increment, period) in zip(aheads, items, strict=True)
+        ):
+            return False, aheads
+        try:
+            async with self._db.transaction() as tx:
+                # in key order: two transactions never wait on each other's rows crosswise
+                for key, increment, period in sorted(items):
+                    if (
+                        increment
+                        and await queries.consume(tx, self._db.dialect, key, now, increment, period) is None
+                    ):
+                        raise _Refused
+        except _Refused:  # another process consumed since the read: nothing was written
+            return False, [await self._ahead(self._db, key, now) for key, _, _ in items]
+        return True, [ahead + increment for ahead, (_, increment, _) in zip(aheads, items, strict=True)]
+
+    @staticmethod
+    async def _ahead(db: Executor, key: str, now: int) -> int:
+        stored = await queries.tat(db, key)
+        return 0 if stored is None or stored < now else stored - now
+
     async def close(self) -> None:
         """The database belongs to the caller; nothing to release."""
 
@@ -260,6 +304,44 @@ end
 return new_tat - now
 """
 LUA_SHA = hashlib.sha1(LUA_CONSUME.encode(), usedforsecurity=False).hexdigest()
+
+# All or nothing over several keys (one slot in a Cluster: give them one hash tag). ARGV: each
+# key's increment and period, then now unless server time. Returns {allowed, ahead of each key}.
+LUA_CONSUME_ALL = """
+local n = #KEYS
+local now
+if ARGV[2 * n + 1] then
+  now = tonumber(ARGV[2 * n + 1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local tats = {}
+local allowed = 1
+for i = 1, n do
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
+  tats[i] = tat
+  if tat + tonumber(ARGV[2 * i - 1]) - tonumber(ARGV[2 * i]) > now then allowed = 0 end
+end
+local out = {allowed}
+for i = 1, n do
+  local increment = tonumber(ARGV[2 * i - 1])
+  if allowed == 1 then
+    local new_tat = tats[i] + increment
+    if increment > 0 then
+      local ttl = new_tat - now
+      if ARGV[2 * n + 1] then ttl = tonumber(ARGV[2 * i]) end
+      redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil(ttl / 1000))
+    end
+    out[i + 1] = new_tat - now
+  else
+    out[i + 1] = tats[i] - now
+  end
+end
+return out
+"""
+LUA_ALL_SHA = hashlib.sha1(LUA_CONSUME_ALL.encode(), usedforsecurity=False).hexdigest()
 REDIS_PREFIX = "fundaments:rl:"
 
 
@@ -336,28 +418,38 @@ class RedisBackend:
         return not self._down
 
     async def consume(self, key: str, now: int, increment: int, period: int) -> tuple[bool, int]:
+        args: tuple[int, ...] = (increment, period) if self._server_time else (increment, period, now)
+        ahead = int(await self._evalsha(LUA_SHA, LUA_CONSUME, (redis_key(key, self._prefix),), args))
+        return (True, ahead) if ahead >= 0 else (False, -1 - ahead)
+
+    async def consume_all(self, items: Sequence[Item], now: int) -> tuple[bool, list[int]]:
+        keys = tuple(redis_key(key, self._prefix) for key, _, _ in items)
+        args = [value for _, increment, period in items for value in (increment, period)]
+        if not self._server_time:
+            args.append(now)
+        allowed, *aheads = await self._evalsha(LUA_ALL_SHA, LUA_CONSUME_ALL, keys, args)
+        return bool(allowed), [int(ahead) for ahead in aheads]
+
+    async def _evalsha(self, sha: str, script: str, keys: Sequence[str], args: Sequence[int]) -> Any:
         if self._down:
             now_loop = asyncio.get_running_loop().time()
             if now_loop < self._next_probe:
                 raise ServiceUnavailable(f"Redis at {self.description} is unavailable")
             self._next_probe = now_loop + self._retry_interval  # this call probes; the others wait
-        args: tuple[int, ...] = (increment, period) if self._server_time else (increment, period, now)
-        name = redis_key(key, self._prefix)
         try:
             try:
-                result = await self._client.evalsha(LUA_SHA, 1, name, *args)
+                result = await self._client.evalsha(sha, len(keys), *keys, *args)
             except _no_script():
                 # A restarted or flushed server forgot the script: load it once, then go on.
-                await self._client.script_load(LUA_CONSUME)
-                result = await self._client.evalsha(LUA_SHA, 1, name, *args)
+                await self._client.script_load(script)
+                result = await self._client.evalsha(sha, len(keys), *keys, *args)
         except (_redis_errors(), OSError, TimeoutError) as exc:
             self._went_down(asyncio.get_running_loop(), exc)
             raise ServiceUnavailable(f"Redis at {self.description} is unavailable") from None
         if self._down:
             self._down = False
             log.warning("rate limits: Redis at %s is reachable again; limits apply again", self.description)
-        ahead = int(result)
-        return (True, ahead) if ahead >= 0 else (False, -1 - ahead)
+        return result
 
     def _went_down(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         self._next_probe = loop.time() + self._retry_interval
@@ -386,6 +478,10 @@ def _no_script() -> type[Exception]:
     from redis.exceptions import NoScriptError
 
     return NoScriptError
+
+
+class _Refused(Exception):
+    """A limit refused inside the all-or-nothing transaction: roll it back."""
 
 
 class RateLimiter:
@@ -443,6 +539,27 @@ class RateLimiter:
         except ServiceUnavailable:
             return self._failed(rate, cost, fail or self._fail)
         return decision(rate, cost, allowed and not over, ahead)
+
+    async def hit_all(
+        self, checks: Sequence[tuple[str, Rate, int]], fail: FailMode | None = None
+    ) -> list[RateLimitDecision]:
+        """Count one request against several limits, all or nothing (distinct keys): allowed only
+        when every limit allows, and then counted by each; otherwise counted by none. The decisions
+        agree on ``allowed``; each has its own numbers (``retry_after`` 0 for a limit with room)."""
+        now = round(self._clock.now() * US)
+        over = any(cost > rate.limit for _, rate, cost in checks)
+        items = [(key, 0 if over else cost * rate.interval, rate.period) for key, rate, cost in checks]
+        try:
+            allowed, aheads = await self.backend.consume_all(items, now)
+        except ServiceUnavailable:
+            failed = [self._failed(rate, cost, fail or self._fail) for _, rate, cost in checks]
+            together = all(d.allowed for d in failed)
+            return [d if d.allowed == together else replace(d, allowed=together) for d in failed]
+        allowed = allowed and not over
+        return [
+            decision(rate, cost, allowed, ahead)
+            for (_, rate, cost), ahead in zip(checks, aheads, strict=True)
+        ]
 
     def _failed(self, rate: Rate, cost: int, fail: FailMode) -> RateLimitDecision:
         if fail == "open" and cost <= rate.limit:
