@@ -23,6 +23,7 @@ from fundaments.encryption import EncryptionService
 from fundaments.errors import PasswordPolicyError, StorageError, UserExistsError
 from fundaments.mail import Mailer
 from fundaments.passwords import PasswordService
+from fundaments.ratelimit import RateLimiter
 from fundaments.security import Security
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, open_database, probe_database
@@ -40,6 +41,7 @@ SERVICE_KEYS = (
     "audit",
     "mail",
     "account_tokens",
+    "rate_limiter",
     "security",
 )
 
@@ -77,7 +79,7 @@ class Fundaments(Mapping[str, Any]):
         if self._closed:
             return
         self._closed = True
-        for key in ("mail", "access_control", "sessions", "user_handler"):
+        for key in ("mail", "access_control", "sessions", "user_handler", "rate_limiter"):
             service = self._services.get(key)
             if service is not None:
                 await service.close()
@@ -185,6 +187,8 @@ async def initialize_fundaments(
         access_control = AccessControl(db, settings, clock, audit)
         mail = Mailer(db, settings, clock, audit, encryption)
         account_tokens = AccountTokens(db, settings, clock)
+        rate_limiter = RateLimiter.from_settings(settings, db, clock)
+        log.info("rate limits: %s backend", rate_limiter.backend.name)
         await user_handler.start()
         await sessions.start()
         await access_control.start()
@@ -202,6 +206,7 @@ async def initialize_fundaments(
         "audit": audit,
         "mail": mail,
         "account_tokens": account_tokens,
+        "rate_limiter": rate_limiter,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

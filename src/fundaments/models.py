@@ -166,3 +166,25 @@ class Role:
     inherits: tuple[str, ...] = ()
     description: str | None = None
     created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    """The answer of ``Security.rate_limit``: whether this request may go ahead, and the numbers a
+    client needs (the IETF ``RateLimit``/``RateLimit-Policy`` headers are made of them).
+
+    ``remaining``: requests of cost 1 still allowed right now (after this one, when allowed);
+    ``retry_after``: seconds until the same request would be allowed (0 when allowed; ``inf`` for a
+    cost above the limit, which waiting never allows); ``reset_after``: seconds until the key is
+    fully replenished; ``limit`` per ``window`` seconds: the policy applied.
+    """
+
+    allowed: bool
+    remaining: int
+    retry_after: float
+    reset_after: float
+    limit: int
+    window: float
+
+    def __bool__(self) -> bool:
+        return self.allowed

@@ -17,6 +17,7 @@ from fundaments.models import (
     AuditEvent,
     LoginFailure,
     LoginResult,
+    RateLimitDecision,
     RequestContext,
     Role,
     Session,
@@ -29,6 +30,7 @@ from fundaments.security.administration import AdministrationPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
+from fundaments.security.limits import LimitsPart
 from fundaments.security.mail import MailPart
 from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
@@ -47,6 +49,7 @@ __all__ = [
     "LoginFailure",
     "LoginResult",
     "MailStatus",
+    "RateLimitDecision",
     "ReencryptReport",
     "RequestContext",
     "Role",
@@ -66,6 +69,7 @@ class Security(
     AuditPart,
     KeyRotationPart,
     MailPart,
+    LimitsPart,
 ):
     """One object for every security action. Build it with ``initialize_fundaments()``.
 

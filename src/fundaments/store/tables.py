@@ -231,3 +231,11 @@ mail_outbox = Table(  # mails waiting to be sent: written in the transaction tha
     sqlite_autoincrement=True,  # 0004: an id names the mail's .eml file; never reused
 )
 Index(f"ix_{PREFIX}mail_outbox_due", mail_outbox.c.failed_at, mail_outbox.c.next_attempt_at)
+
+# --- rate limits and quotas (issue: machine clients) ----------------------------------------------
+rate_limits = Table(  # GCRA: one theoretical arrival time per key (fundaments.ratelimit)
+    f"{PREFIX}rate_limits",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("tat", BigInteger, nullable=False),  # microseconds since the epoch: exact integer arithmetic
+)
