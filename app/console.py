@@ -214,7 +214,7 @@ class Console:
         if permission is not None:
             try:
                 await self.security.require_permission(
-                    user.id, permission, request_data=get_context(request).request_data
+                    user.id, permission, request_data=get_context(request).request_context
                 )
             except PermissionDenied:
                 raise HTTPException(403, "You do not have permission to see this page.") from None
@@ -263,7 +263,7 @@ class Console:
                 _field(form, "current_password"),
                 new,
                 current_token=ctx.token,
-                request_data=ctx.request_data,  # the check counts toward the lock of this device/account
+                request_data=ctx.request_context,  # the check counts toward the lock of this device/account
             )
         except RateLimited as exc:  # another check of this session is running (CheckInFlightError)
             return await self._busy(

@@ -133,7 +133,7 @@ class RecoveryPages:
             return await self._page(request, "forgot_password.html", 400, error=NOT_AN_ADDRESS)
         try:
             # Known, unknown, disabled or throttled: the facade answers alike, after the same time.
-            await self.security.request_password_reset(email, get_context(request).request_data)
+            await self.security.request_password_reset(email, get_context(request).request_context)
         except InvalidEmailError:  # not an address at all: that says nothing about any account
             return await self._page(request, "forgot_password.html", 400, error=NOT_AN_ADDRESS, email=email)
         except (RateLimited, ServiceUnavailable) as exc:
@@ -178,7 +178,7 @@ class RecoveryPages:
         if new != _field(form, "confirm_password", self.max_length + 1):
             return await self._reset_form(request, token, 400, error=PASSWORDS_DIFFER)
         try:
-            user = await self.security.reset_password(token, new, get_context(request).request_data)
+            user = await self.security.reset_password(token, new, get_context(request).request_context)
         except AuthenticationError:  # used, replaced, expired or never issued: one answer
             log.info("password reset refused: the link is not valid")
             return await self._invalid_link(request, "reset")

@@ -24,6 +24,7 @@ from fundaments.encryption import EncryptionService
 from fundaments.errors import PasswordPolicyError, StorageError, UserExistsError
 from fundaments.mail import Mailer
 from fundaments.passwords import PasswordService
+from fundaments.ratelimit import RateLimiter
 from fundaments.security import Security
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, open_database, probe_database
@@ -42,6 +43,7 @@ SERVICE_KEYS = (
     "mail",
     "account_tokens",
     "api_keys",
+    "rate_limiter",
     "security",
 )
 
@@ -79,7 +81,7 @@ class Fundaments(Mapping[str, Any]):
         if self._closed:
             return
         self._closed = True
-        for key in ("api_keys", "mail", "access_control", "sessions", "user_handler"):
+        for key in ("api_keys", "mail", "access_control", "sessions", "user_handler", "rate_limiter"):
             service = self._services.get(key)
             if service is not None:
                 await service.close()
@@ -192,6 +194,8 @@ async def initialize_fundaments(
         api_keys = None
         if encryption is not None:
             api_keys = ApiKeys(db, settings, clock, audit, encryption.purpose_keys(DIGEST_PURPOSE))
+        rate_limiter = RateLimiter.from_settings(settings, db, clock)
+        log.info("rate limits: %s backend", rate_limiter.backend.name)
         await user_handler.start()
         await sessions.start()
         await access_control.start()
@@ -212,6 +216,7 @@ async def initialize_fundaments(
         "mail": mail,
         "account_tokens": account_tokens,
         "api_keys": api_keys,
+        "rate_limiter": rate_limiter,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

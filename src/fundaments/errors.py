@@ -66,11 +66,16 @@ class ReauthenticationRequired(AuthenticationError):
 
 
 class RateLimited(FundamentsError):
-    """Too many requests of one kind: ``retry_after`` says when to come back (seconds)."""
+    """Too many requests of one kind: ``retry_after`` says when to come back (seconds).
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+    ``decision``: the ``RateLimitDecision`` behind it, when a rate limit refused (the numbers for
+    the ``RateLimit`` headers); None for other throttles.
+    """
+
+    def __init__(self, message: str, *, retry_after: float, decision: object | None = None) -> None:
         super().__init__(message)
         self.retry_after = max(0.0, float(retry_after))
+        self.decision = decision
 
 
 class CheckInFlightError(RateLimited):

@@ -60,6 +60,26 @@ class RequestContext:
     user_agent: str
     device_token: str | None = None
 
+    def __post_init__(self) -> None:
+        # Valid by construction, so coerce() hands an instance on unchecked: the web layer builds
+        # one per request and every facade call of that request reuses it (bench/web.py).
+        ip, agent, device = self.ip_address, self.user_agent, self.device_token
+        if not isinstance(ip, str) or not ip.strip():
+            raise InvalidArgument("request_data['ip_address'] must be a non-empty string (the client IP)")
+        if len(ip) > MAX_IP_LENGTH:
+            raise InvalidArgument(f"request_data['ip_address'] is longer than {MAX_IP_LENGTH} characters")
+        if not isinstance(agent, str):
+            raise InvalidArgument(
+                "request_data['user_agent'] must be a string (the User-Agent header, may be empty)"
+            )
+        if device is not None and not isinstance(device, str):
+            raise InvalidArgument("request_data['device_token'] must be a string or absent")
+        clean_ip, clean_agent = storable_text(ip), storable_text(agent[:MAX_USER_AGENT_LENGTH])
+        if clean_ip is not ip:
+            object.__setattr__(self, "ip_address", clean_ip)
+        if clean_agent is not agent:
+            object.__setattr__(self, "user_agent", clean_agent)
+
     @classmethod
     def coerce(cls, request_data: RequestContext | Mapping[str, Any]) -> RequestContext:
         """A RequestContext from the seed's dict (``ip_address``, ``user_agent``) or a RequestContext.
@@ -67,35 +87,19 @@ class RequestContext:
         Raises ValueError naming the missing or malformed field; never guesses "unknown".
         """
         if isinstance(request_data, RequestContext):
-            ctx = request_data
-        elif isinstance(request_data, Mapping):
-            missing = [k for k in ("ip_address", "user_agent") if k not in request_data]
-            if missing:
-                raise InvalidArgument(
-                    "request_data is missing "
-                    + " and ".join(repr(m) for m in missing)
-                    + "; pass {'ip_address': client IP, 'user_agent': User-Agent header}"
-                )
-            device = request_data.get("device_token")
-            ctx = cls(request_data["ip_address"], request_data["user_agent"], device)
-        else:
+            return request_data  # checked when it was made
+        if not isinstance(request_data, Mapping):
             raise InvalidArgument(
                 f"request_data must be a dict or RequestContext, not {type(request_data).__name__}"
             )
-        if not isinstance(ctx.ip_address, str) or not ctx.ip_address.strip():
-            raise InvalidArgument("request_data['ip_address'] must be a non-empty string (the client IP)")
-        if len(ctx.ip_address) > MAX_IP_LENGTH:
-            raise InvalidArgument(f"request_data['ip_address'] is longer than {MAX_IP_LENGTH} characters")
-        if not isinstance(ctx.user_agent, str):
+        missing = [k for k in ("ip_address", "user_agent") if k not in request_data]
+        if missing:
             raise InvalidArgument(
-                "request_data['user_agent'] must be a string (the User-Agent header, may be empty)"
+                "request_data is missing "
+                + " and ".join(repr(m) for m in missing)
+                + "; pass {'ip_address': client IP, 'user_agent': User-Agent header}"
             )
-        if ctx.device_token is not None and not isinstance(ctx.device_token, str):
-            raise InvalidArgument("request_data['device_token'] must be a string or absent")
-        ip, agent = storable_text(ctx.ip_address), storable_text(ctx.user_agent[:MAX_USER_AGENT_LENGTH])
-        if ip is not ctx.ip_address or agent is not ctx.user_agent:
-            ctx = cls(ip, agent, ctx.device_token)
-        return ctx
+        return cls(request_data["ip_address"], request_data["user_agent"], request_data.get("device_token"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,3 +206,25 @@ class ApiKeyCreated:
 
     token: str = field(repr=False)
     key: ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    """The answer of ``Security.rate_limit``: whether this request may go ahead, and the numbers a
+    client needs (the IETF ``RateLimit``/``RateLimit-Policy`` headers are made of them).
+
+    ``remaining``: requests of cost 1 still allowed right now (after this one, when allowed);
+    ``retry_after``: seconds until the same request would be allowed (0 when allowed; ``inf`` for a
+    cost above the limit, which waiting never allows); ``reset_after``: seconds until the key is
+    fully replenished; ``limit`` per ``window`` seconds: the policy applied.
+    """
+
+    allowed: bool
+    remaining: int
+    retry_after: float
+    reset_after: float
+    limit: int
+    window: float
+
+    def __bool__(self) -> bool:
+        return self.allowed

@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from fundaments.config.database import DatabaseURL, parse_database_url
+from fundaments.config.database import DatabaseURL, mask_dsn, parse_database_url
 from fundaments.config.mail import DEFAULT_MAIL_URL, MailURL, parse_mail_url
 from fundaments.errors import ConfigurationError
 
@@ -225,6 +225,15 @@ class Settings(BaseSettings):
     mail_max_attempts: int = Field(default=10, ge=1, le=100)  # then the mail is given up (audited)
     mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=3600)  # first retry; doubles, max 1 h
 
+    # --- rate limits and quotas (docs/ratelimits.md) ----------------------------------------------
+    redis_url: SecretStr | None = None  # redis://[:password@]host:6379/0, rediss:// (TLS), unix:///path
+    # unset: redis when REDIS_URL is set, else database; memory: this process only (tests)
+    rate_limit_backend: Literal["memory", "database", "redis"] | None = None
+    rate_limit_fail: Literal["closed", "open"] = "closed"  # what a decision is while Redis is down
+    rate_limit_redis_timeout: float = Field(default=0.25, ge=0.001, le=10.0)  # seconds, connect and reply
+    rate_limit_redis_retry: float = Field(default=1.0, ge=0.0, le=60.0)  # seconds between probes while down
+    rate_limit_memory_keys: int = Field(default=100_000, ge=100, le=100_000_000)  # memory backend bound
+
     # --- audit trail ----------------------------------------------------------------------------
     audit_checkpoint_every: int = Field(default=1_000, ge=10, le=1_000_000)  # events per MAC'ed checkpoint
 
@@ -326,12 +335,33 @@ class Settings(BaseSettings):
             )
         return value.strip().rstrip("/")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        parts = urlsplit(raw)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ValueError(
+                "REDIS_URL must look like redis://host:6379/0, rediss://host:6380/0 (TLS) or "
+                "unix:///path/to/redis.sock"
+            )
+        return SecretStr(raw)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("password_hasher", "session_binding", "session_binding_bearer", mode="before")
+    @field_validator(
+        "password_hasher",
+        "session_binding",
+        "session_binding_bearer",
+        "rate_limit_backend",
+        "rate_limit_fail",
+        mode="before",
+    )
     @classmethod
     def _lower_choice(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -391,6 +421,8 @@ class Settings(BaseSettings):
             )
         if self.password_min_length > self.password_max_length:
             raise ValueError("PASSWORD_MIN_LENGTH is larger than PASSWORD_MAX_LENGTH")
+        if self.rate_limit_backend == "redis" and self.redis_url is None:
+            raise ValueError("RATE_LIMIT_BACKEND is redis but REDIS_URL is not set; set REDIS_URL")
         return self
 
     # --- derived values -------------------------------------------------------------------------
@@ -401,6 +433,13 @@ class Settings(BaseSettings):
     @property
     def mail(self) -> MailURL:
         return parse_mail_url(self.mail_url.get_secret_value())
+
+    @property
+    def rate_limit_backend_choice(self) -> Literal["memory", "database", "redis"]:
+        """The rate-limit backend in use: RATE_LIMIT_BACKEND, else redis with REDIS_URL, else database."""
+        if self.rate_limit_backend is not None:
+            return self.rate_limit_backend
+        return "redis" if self.redis_url is not None else "database"
 
     @property
     def encryption_configured(self) -> bool:
@@ -425,7 +464,8 @@ class Settings(BaseSettings):
             if value is not None:
                 secrets_.append(value.get_secret_value())
         secrets_.extend(self.previous_master_keys)
-        for password in (self.database.password, self.mail.password):
+        redis_password = urlsplit(self.redis_url.get_secret_value()).password if self.redis_url else None
+        for password in (self.database.password, self.mail.password, redis_password):
             if password:
                 secrets_.append(password)
         return [s for s in secrets_ if len(s) >= 4]
@@ -440,6 +480,8 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = settings.database.masked
         elif name == "mail_url":
             shown = settings.mail.masked
+        elif name == "redis_url" and settings.redis_url is not None:
+            shown = mask_dsn(settings.redis_url.get_secret_value())
         elif isinstance(value, SecretStr):
             shown = f"********** ({len(value.get_secret_value())} characters)"
         elif value is None:

@@ -19,6 +19,7 @@ from fundaments.models import (
     AuditEvent,
     LoginFailure,
     LoginResult,
+    RateLimitDecision,
     RequestContext,
     Role,
     Session,
@@ -32,6 +33,7 @@ from fundaments.security.api_keys import ApiKeysPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
+from fundaments.security.limits import LimitsPart
 from fundaments.security.mail import MailPart
 from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
@@ -52,6 +54,7 @@ __all__ = [
     "LoginFailure",
     "LoginResult",
     "MailStatus",
+    "RateLimitDecision",
     "ReencryptReport",
     "RequestContext",
     "Role",
@@ -72,6 +75,7 @@ class Security(
     AuditPart,
     KeyRotationPart,
     MailPart,
+    LimitsPart,
 ):
     """One object for every security action. Build it with ``initialize_fundaments()``.
 

@@ -20,6 +20,7 @@ from fundaments.encryption import EncryptionService
 from fundaments.errors import InvalidArgument, ServiceUnavailable
 from fundaments.mail import Mailer
 from fundaments.models import RequestContext
+from fundaments.ratelimit import RateLimiter
 from fundaments.security import notices
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Executor, Transaction
@@ -70,6 +71,7 @@ class SecurityCore:
         self._mail: Mailer | None = services.get("mail")
         self._tokens: AccountTokens | None = services.get("account_tokens")
         self._api_keys: ApiKeys | None = services.get("api_keys")
+        self._rate_limiter: RateLimiter | None = services.get("rate_limiter")  # optional: not a core service
 
     @property
     def encryption_available(self) -> bool:

@@ -262,3 +262,12 @@ api_keys = Table(
 )
 Index(f"ix_{PREFIX}api_keys_old_digest", api_keys.c.old_digest)  # the overlap lookup
 Index(f"ix_{PREFIX}api_keys_user", api_keys.c.user_id, api_keys.c.created_at, api_keys.c.id)  # keyset
+
+
+# --- rate limits and quotas (issue: machine clients) ----------------------------------------------
+rate_limits = Table(  # GCRA: one theoretical arrival time per key (fundaments.ratelimit)
+    f"{PREFIX}rate_limits",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("tat", BigInteger, nullable=False),  # microseconds since the epoch: exact integer arithmetic
+)

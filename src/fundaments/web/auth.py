@@ -45,7 +45,7 @@ async def login(request: HTTPConnection, username: str, password: str, *, cookie
     for logs: show the user one generic message.
     """
     ctx = get_context(request)
-    result = await ctx.security.user_login(username, password, ctx.request_data)
+    result = await ctx.security.user_login(username, password, ctx.request_context)
     if result:
         assert result.session is not None and result.session.token is not None
         previous = ctx.token
@@ -128,7 +128,7 @@ def require_permission(permission: str) -> Callable[[HTTPConnection], Awaitable[
         user = await current_user(request)
         ctx = get_context(request)
         try:
-            await ctx.security.require_permission(user.id, permission, request_data=ctx.request_data)
+            await ctx.security.require_permission(user.id, permission, request_data=ctx.request_context)
         except PermissionDenied:
             raise _refused(
                 request, 403, "permission_denied", f"Permission denied: this needs {permission!r}."

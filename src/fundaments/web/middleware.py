@@ -62,7 +62,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fundaments.config.settings import DEFAULT_ALLOWED_HOSTS
 from fundaments.errors import FundamentsError, RateLimited, ServiceUnavailable
-from fundaments.security import MAX_IP_LENGTH, Security, Session, User
+from fundaments.security import MAX_IP_LENGTH, RequestContext, Security, Session, User
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,25 @@ class WebContext:
     _set_cookies: list[str] = field(default_factory=list, repr=False)
     _extra_headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _forget_user: Callable[[int], None] | None = field(default=None, repr=False)
+    _request_context: RequestContext | None = field(default=None, repr=False)
 
     @property
     def request_data(self) -> dict[str, str]:
-        """The ``request_data`` of this request for the Security facade."""
+        """The ``request_data`` of this request for the Security facade, as the seed's dict."""
         data = {"ip_address": self.client_ip, "user_agent": self.user_agent}
         if self.device_token:
             data["device_token"] = self.device_token
         return data
+
+    @property
+    def request_context(self) -> RequestContext:
+        """The same as a RequestContext, built (and checked) once per request: what the middleware
+        and the helpers pass to the facade."""
+        found = self._request_context
+        device = self.device_token or None
+        if found is None or found.device_token != device:
+            found = self._request_context = RequestContext(self.client_ip, self.user_agent, device)
+        return found
 
     @property
     def csrf_token(self) -> str:
@@ -332,6 +343,7 @@ class SecurityMiddleware:
             raw = [(n.encode(), v.encode()) for n, v in security_headers(csp, permissions_policy)]
             self._raw_headers_by_path.append((prefix.rstrip("/"), raw))
         self._csp_prefixes = tuple(prefix for prefix, _ in self._raw_headers_by_path)
+        self._added_names = frozenset(name for name, _ in self._raw_headers)  # the same on every path
         self._raw_hsts = self.hsts.encode()
         proxies = [str(ipaddress.ip_network(p, strict=False)) for p in trusted_proxies]
         # uvicorn's implementation (rightmost untrusted X-Forwarded-For hop); none: the peer is the client.
@@ -405,19 +417,25 @@ class SecurityMiddleware:
                 raw = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in raw}
                 added = self._path_headers(scope) if self._raw_headers_by_path else self._raw_headers
-                raw.extend(h for h in added if h[0] not in present)
+                if present.isdisjoint(self._added_names):  # the usual case: the app set none of them
+                    raw += added
+                else:
+                    raw.extend(h for h in added if h[0] not in present)
                 if https:
                     raw.append((b"strict-transport-security", self._raw_hsts))
                 if ctx.user is not None or ctx._set_cookies:
-                    raw = [h for h in raw if h[0].lower() != b"cache-control"]
-                    raw.append((b"cache-control", b"no-store"))
+                    if b"cache-control" in present:
+                        raw = [h for h in raw if h[0].lower() != b"cache-control"]
+                    raw.append(NO_STORE)
                 if b"location" in present:  # Starlette builds redirects from the Host header
                     raw = [
                         (n, _relative_location(v, own_host) if n.lower() == b"location" else v)
                         for n, v in raw
                     ]
-                raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
-                raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
+                if ctx._extra_headers:
+                    raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
+                if ctx._set_cookies:
+                    raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
                 message["headers"] = raw
             await send(message)
 
@@ -575,7 +593,7 @@ class SecurityMiddleware:
         self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
     ) -> None:
         # SESSION_BINDING for cookies, SESSION_BINDING_BEARER for bearer clients (which roam networks).
-        session = await self.security.validate_session(token, ctx.request_data, bearer=auth == "bearer")
+        session = await self.security.validate_session(token, ctx.request_context, bearer=auth == "bearer")
         user = await self._user(session.user_id) if session is not None else None
         if session is None or user is None or user.is_disabled:
             if auth == "cookie":
@@ -797,6 +815,7 @@ _WANTED_HEADERS = frozenset(
     }
 )
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+NO_STORE = (b"cache-control", b"no-store")
 CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
 BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
 

@@ -336,7 +336,7 @@ def auth_router(
         ctx = get_context(request)
         try:
             session = await ctx.security.change_password(
-                user.id, body.current_password, body.new_password, ctx.token, request_data=ctx.request_data
+                user.id, body.current_password, body.new_password, ctx.token, request_data=ctx.request_context
             )
         except PasswordPolicyError as exc:
             raise Refused(422, "password_policy", str(exc)) from None
@@ -360,7 +360,7 @@ def auth_router(
         body = await _body(request, ResetRequestBody)
         ctx = get_context(request)
         try:
-            await ctx.security.request_password_reset(body.email, ctx.request_data)
+            await ctx.security.request_password_reset(body.email, ctx.request_context)
         except InvalidEmailError as exc:
             raise Refused(422, "invalid_email", str(exc)) from None
         return Done(detail="If an account has this address, a reset link is on its way.")
@@ -376,7 +376,7 @@ def auth_router(
         body = await _body(request, ResetConfirmBody)
         ctx = get_context(request)
         try:
-            user = await ctx.security.reset_password(body.token, body.new_password, ctx.request_data)
+            user = await ctx.security.reset_password(body.token, body.new_password, ctx.request_context)
         except PasswordPolicyError as exc:
             raise Refused(422, "password_policy", str(exc)) from None
         except AuthenticationError:

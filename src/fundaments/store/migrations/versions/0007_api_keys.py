@@ -1,7 +1,7 @@
 """API keys: prefixed tokens stored as keyed digests, scoped, expiring, rotatable
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 
 One new table; nothing existing changes, so the revision can sit anywhere after 0005 (only
 ``down_revision`` names its place in the chain).
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
