@@ -62,7 +62,8 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fundaments.config.settings import DEFAULT_ALLOWED_HOSTS
 from fundaments.errors import FundamentsError, RateLimited, ServiceUnavailable
-from fundaments.security import MAX_IP_LENGTH, RequestContext, Security, Session, User
+from fundaments.security import MAX_IP_LENGTH, RateLimitDecision, RequestContext, Security, Session, User
+from fundaments.web.ratelimit_headers import rate_limit_headers, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ class WebContext:
     _extra_headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _forget_user: Callable[[int], None] | None = field(default=None, repr=False)
     _request_context: RequestContext | None = field(default=None, repr=False)
+    # (policy name, decision) of the rate limits this request was counted against: None (the
+    # usual case, no cost) or the RateLimit headers of its response.
+    _rate_limits: list[tuple[str, RateLimitDecision]] | None = field(default=None, repr=False)
 
     @property
     def request_data(self) -> dict[str, str]:
@@ -210,6 +214,23 @@ class WebContext:
         """The live session token of this request (after any rotation), or None."""
         return self._token
 
+    def record_rate_limit(self, policy: str, decision: RateLimitDecision) -> None:
+        """Put ``decision`` (under the policy name ``policy``) in the ``RateLimit`` and
+        ``RateLimit-Policy`` headers of this request's response, allowed or refused alike."""
+        if self._rate_limits is None:
+            self._rate_limits = [(policy, decision)]
+        else:
+            self._rate_limits.append((policy, decision))
+
+    def rate_limits_lack(self, decision: RateLimitDecision) -> bool:
+        """Whether ``decision`` (this very object) is not recorded yet."""
+        return all(seen is not decision for _, seen in self._rate_limits or ())
+
+    @property
+    def rate_limits(self) -> tuple[tuple[str, RateLimitDecision], ...]:
+        """The (policy name, decision) pairs recorded for this request so far."""
+        return tuple(self._rate_limits or ())
+
 
 class BodyTooLarge(FundamentsError):
     """A request body grew past ``max_body_bytes`` (the middleware answers 413)."""
@@ -249,6 +270,27 @@ PASSWORD_CHANGE_REQUIRED = Refusal(
 SERVICE_BUSY = Refusal(503, "service_busy", "The service is busy; retry in a moment.")
 SERVICE_STARTING = Refusal(503, "service_starting", "The service is starting or stopping; retry in a moment.")
 RATE_LIMITED = Refusal(429, "rate_limited", "Too many requests; retry later.")
+
+
+def rate_limited_answer(scope: Scope, exc: RateLimited) -> tuple[Refusal, tuple[tuple[str, str], ...]]:
+    """The 429 refusal of ``exc`` and its ``Retry-After`` (whole seconds, rounded up, at least 1).
+
+    The decision it carries joins the request's recorded rate limits (under the policy name
+    ``default`` unless a helper recorded it already), so the answer, sent through the middleware,
+    has the ``RateLimit`` and ``RateLimit-Policy`` headers too."""
+    seconds = retry_after_seconds(exc.retry_after)
+    ctx = scope.get(SCOPE_KEY)
+    decision = exc.decision
+    if (
+        isinstance(ctx, WebContext)
+        and isinstance(decision, RateLimitDecision)
+        and ctx.rate_limits_lack(decision)
+    ):
+        ctx.record_rate_limit("default", decision)
+    detail = f"Too many requests; retry after {seconds} s."
+    return Refusal(RATE_LIMITED.status, RATE_LIMITED.code, detail), (("retry-after", str(seconds)),)
+
+
 SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 
 
@@ -434,6 +476,8 @@ class SecurityMiddleware:
                     ]
                 if ctx._extra_headers:
                     raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
+                if ctx._rate_limits is not None:
+                    raw.extend((n.encode(), v.encode()) for n, v in rate_limit_headers(ctx._rate_limits))
                 if ctx._set_cookies:
                     raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
                 message["headers"] = raw
@@ -488,8 +532,7 @@ class SecurityMiddleware:
             await self._refuse(send, headers, self._too_large, CONNECTION_CLOSE)
         elif isinstance(exc, RateLimited):
             log.warning("429 for %s: %s", where, type(exc).__name__)
-            retry = (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
-            await self._refuse(send, headers, RATE_LIMITED, retry)
+            await self._refuse(send, headers, *rate_limited_answer(scope, exc))
         elif isinstance(exc, ServiceUnavailable):  # HashingBusyError: the hashing pool is full
             log.warning("503 for %s: %s", where, type(exc).__name__)
             retry_after = float(getattr(exc, "retry_after", 1.0))
