@@ -285,3 +285,111 @@ async def test_on_redis_a_burst_is_refused_across_instances(
         await first["rate_limiter"].backend._client.delete(redis_key(f"ip:203.0.113.7:{name}"))
         await first.close()
         await second.close()
+
+
+# --- auth_router: per-IP and per-target limits on the anonymous routes ---------------------------
+def auth_app(fundaments: Fundaments) -> FastAPI:
+    from fundaments.web import auth_router
+
+    application = FastAPI()
+    install(application, fundaments=fundaments, allowed_hosts=HOSTS)
+    application.include_router(auth_router(registration=True), prefix="/auth")
+    return application
+
+
+@pytest.fixture
+def limited_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
+        rate_limit_backend="memory",
+        rate_limit_register="3/hour",
+        rate_limit_account_mail="4/hour",
+        rate_limit_account_mail_target="2/hour",
+        reset_request_seconds=0.0,
+    )
+
+
+@pytest.fixture
+async def auth(limited_settings: Settings, clock: ManualClock) -> AsyncIterator[tuple[FastAPI, Fundaments]]:
+    from fundaments import initialize_fundaments
+
+    started = await initialize_fundaments(limited_settings, clock=clock, configure_logs=False)
+    application = auth_app(started)
+    try:
+        async with running(application):
+            yield application, started
+    finally:
+        await started.close()
+
+
+async def test_a_register_flood_from_one_ip_is_refused(auth: tuple[FastAPI, Fundaments]) -> None:
+    """Attack: one client creating accounts in bulk."""
+    application, started = auth
+    async with client(application, "198.51.100.20", **JSON) as http:
+        codes = []
+        for n in range(6):
+            body = {"username": f"bulk{n}", "password": PASSWORD}
+            codes.append((await http.post("/auth/register", json=body)).status_code)
+        refused = await http.post("/auth/register", json={"username": "late", "password": PASSWORD})
+    assert codes == [201, 201, 201, 429, 429, 429]
+    assert refused.json()["code"] == "rate_limited" and refused.headers["retry-after"] == "1200"
+    assert refused.headers["ratelimit-policy"] == '"register";q=3;w=3600'
+    assert await started.security.get_user_by_username("bulk3") is None  # refused before the account
+    async with client(application, "198.51.100.21", **JSON) as other:
+        assert (
+            await other.post("/auth/register", json={"username": "x1", "password": PASSWORD})
+        ).status_code == 201
+
+
+async def test_password_reset_is_limited_per_address_across_ips(auth: tuple[FastAPI, Fundaments]) -> None:
+    """Attack: many IPs (a botnet) flooding one victim's inbox with reset mails."""
+    application, started = auth
+    await started.security.register_user("victim", PASSWORD, email="victim@example.com")
+    codes = []
+    for n, address in enumerate(
+        ["victim@example.com", "Victim@Example.com ", "VICTIM@example.com", "victim@example.com"]
+    ):
+        async with client(application, f"192.0.2.{n + 1}", **JSON) as http:  # a fresh IP each time
+            codes.append((await http.post("/auth/password-reset", json={"email": address})).status_code)
+    assert codes == [202, 202, 429, 429]  # 2/hour per address, however it is spelled
+    async with client(application, "192.0.2.50", **JSON) as http:
+        other = await http.post("/auth/password-reset", json={"email": "someone@example.com"})
+        assert other.status_code == 202  # another address is not affected
+        assert other.headers["ratelimit"].startswith('"account-mail";r=3;')
+        assert '"account-mail-address";r=1;' in other.headers["ratelimit"]
+
+
+async def test_password_reset_is_limited_per_ip_across_addresses(auth: tuple[FastAPI, Fundaments]) -> None:
+    application, _ = auth
+    async with client(application, "192.0.2.77", **JSON) as http:
+        codes = [
+            (await http.post("/auth/password-reset", json={"email": f"u{n}@example.com"})).status_code
+            for n in range(6)
+        ]
+        bad = await http.post("/auth/password-reset", json={"email": "not an address"})
+    assert codes == [202, 202, 202, 202, 429, 429]
+    assert bad.status_code == 429  # the IP limit comes first, before the body is even read
+
+
+async def test_email_verification_requests_are_limited_per_account(auth: tuple[FastAPI, Fundaments]) -> None:
+    application, started = auth
+    await started.security.register_user("carol", PASSWORD, email="carol@example.com")
+    codes = []
+    for n in range(3):
+        result = await started.security.user_login(
+            "carol", PASSWORD, {"ip_address": f"192.0.2.{n + 10}", "user_agent": "t/1"}
+        )
+        assert result.session is not None and result.session.token is not None
+        async with client(
+            application, f"192.0.2.{n + 10}", authorization=f"Bearer {result.session.token}"
+        ) as http:
+            codes.append((await http.post("/auth/verify-email/request")).status_code)
+    assert codes == [202, 202, 429]
+
+
+def test_the_limit_settings_refuse_what_is_not_a_rate(make_settings: Callable[..., Settings]) -> None:
+    from fundaments.errors import ConfigurationError
+
+    assert make_settings(rate_limit_register="20/Minutes").rate_limit_register == "20/Minutes"
+    for bad in ("5 per hour", "0/hour", "5/fortnight", ""):
+        with pytest.raises((ConfigurationError, ValueError)):
+            make_settings(rate_limit_register=bad)
