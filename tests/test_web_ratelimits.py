@@ -393,3 +393,51 @@ def test_the_limit_settings_refuse_what_is_not_a_rate(make_settings: Callable[..
     for bad in ("5 per hour", "0/hour", "5/fortnight", ""):
         with pytest.raises((ConfigurationError, ValueError)):
             make_settings(rate_limit_register=bad)
+
+
+async def test_the_documented_example_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, database_url: str
+) -> None:
+    """docs/web.md's "Rate limits" block, run as written: install(app) reads the settings from the
+    environment (this test's database, the memory backend)."""
+    import re
+    from pathlib import Path
+
+    from conftest import FAST_HASHING, TEST_MASTER_KEY, TEST_SALT
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text()
+    section = doc.split("## Rate limits\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    environment = {
+        "FUNDAMENTS_ENV_FILE": str(tmp_path / "absent.env"),
+        "DATABASE_URL": database_url,
+        "MASTER_ENCRYPTION_KEY": TEST_MASTER_KEY,
+        "PERSISTENT_ENCRYPTION_SALT": TEST_SALT,
+        "MAIL_URL": f"file://{tmp_path}/outbox",
+        "RATE_LIMIT_BACKEND": "memory",
+        **{name.upper(): str(value) for name, value in FAST_HASHING.items()},
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    namespace: dict[str, Any] = {}
+    exec(compile(block[1], "docs/web.md", "exec"), namespace)
+    app = namespace["app"]
+    async with running(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=JSON) as http:
+            searches = [await http.post("/search") for _ in range(31)]
+            assert [s.status_code for s in searches] == [200] * 30 + [429]
+            assert searches[-1].headers["retry-after"] in (
+                "1",
+                "2",
+            )  # the real clock: 2 s minus the burst's time
+            assert searches[-1].headers["ratelimit-policy"] == '"search";q=30;w=60'
+            export = await http.post("/export")
+            assert export.headers["ratelimit-policy"] == '"export";q=5;w=3600'
+            reports = [
+                (await http.get("/tenant-report", headers={"x-tenant": "acme"})).status_code
+                for _ in range(11)
+            ]
+            assert reports == [200] * 10 + [429]
+            assert (await http.get("/tenant-report", headers={"x-tenant": "globex"})).status_code == 200
