@@ -29,6 +29,7 @@ from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from fundaments.config.settings import Settings
 from fundaments.errors import InvalidArgument, RateLimited
 from fundaments.security import Rate, RateLimitDecision, parse_rate
 from fundaments.web.middleware import WebContext, get_context
@@ -164,3 +165,33 @@ def rate_limited(
         guard._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine")  # type: ignore[attr-defined]  # noqa: B009
     guard.__name__ = f"rate_limited({limit!r})"
     return guard  # type: ignore[return-value]
+
+
+# --- the limits of auth_router's (and the console's) anonymous mail and registration routes ----
+def limit_setting(connection: HTTPConnection, name: str) -> str:
+    """The rate limit setting ``name`` (``rate_limit_register``, ...) of the running Security, or
+    its default when the facade was built without settings."""
+    settings = get_context(connection).security.settings
+    value = getattr(settings, name, None) if settings is not None else None
+    return value if isinstance(value, str) else str(Settings.model_fields[name].default)
+
+
+async def limit_per_ip(connection: HTTPConnection, policy: str, setting: str) -> RateLimitDecision:
+    """Count this request against the limit setting ``setting`` per client IP; RateLimited beyond."""
+    ctx = get_context(connection)
+    limit = limit_setting(connection, setting)
+    return await enforce(connection, client_key(ctx, "ip", policy), limit, policy=policy)
+
+
+async def limit_per_target(
+    connection: HTTPConnection,
+    policy: str,
+    target: str,
+    setting: str = "rate_limit_account_mail_target",
+) -> RateLimitDecision:
+    """The same per target (an address's lookup key, ``user:<id>``), whatever IPs the requests come
+    from, so one inbox cannot be flooded from many. The key holds a digest, never the address."""
+    digest = hashlib.sha256(target.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return await enforce(
+        connection, f"mail:{digest}:{policy}", limit_setting(connection, setting), policy=policy
+    )

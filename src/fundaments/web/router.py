@@ -24,7 +24,6 @@ Bodies are parsed here, not by FastAPI's validation, so a malformed body is refu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from typing import Annotated, Any, TypeVar
@@ -32,7 +31,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from fundaments.config.settings import Settings
 from fundaments.emails import normalize_email
 from fundaments.errors import (
     AuthenticationError,
@@ -46,7 +44,7 @@ from fundaments.web.auth import current_user, login, logout, use_rotated_session
 from fundaments.web.errors import Refused
 from fundaments.web.install import OPEN_ROUTES
 from fundaments.web.middleware import SERVICE_BUSY, browser_like, csrf_token_for, get_context
-from fundaments.web.ratelimits import client_key, enforce
+from fundaments.web.ratelimits import limit_per_ip, limit_per_target
 
 Body = TypeVar("Body", bound=BaseModel)
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -271,7 +269,7 @@ def auth_router(
             responses=_refusals(403, 409, 413, 422, 429),
         )
         async def register_endpoint(request: Request) -> UserOut:
-            await _limit_ip(request, "register", "rate_limit_register")  # before the body is read
+            await limit_per_ip(request, "register", "rate_limit_register")  # before the body is read
             body = await _body(request, RegisterBody)
             security = get_context(request).security
             try:
@@ -362,12 +360,12 @@ def auth_router(
         responses=_refusals(403, 413, 422, 429),
     )
     async def password_reset(request: Request) -> Done:
-        await _limit_ip(request, "account-mail", "rate_limit_account_mail")
+        await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
         body = await _body(request, ResetRequestBody)
         ctx = get_context(request)
         try:
             # Per address asked for, account or not: a 429 says nothing about whether one exists.
-            await _limit_target(request, "account-mail-address", normalize_email(body.email).key)
+            await limit_per_target(request, "account-mail-address", normalize_email(body.email).key)
             await ctx.security.request_password_reset(body.email, ctx.request_context)
         except InvalidEmailError as exc:
             raise Refused(422, "invalid_email", str(exc)) from None
@@ -415,33 +413,12 @@ def auth_router(
     async def verify_email_request(request: Request, user: CurrentUser) -> Done:
         if user.email is None:
             raise Refused(422, "no_email", "The account has no email address to verify.")
-        await _limit_ip(request, "account-mail", "rate_limit_account_mail")
-        await _limit_target(request, "account-mail-account", f"user:{user.id}")
+        await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
+        await limit_per_target(request, "account-mail-account", f"user:{user.id}")
         await get_context(request).security.request_email_verification(user.id)
         return Done(detail="A verification link is on its way.")
 
     return router
-
-
-# --- per-IP and per-target limits of the anonymous routes (docs/web.md, "Rate limits") ----------
-def _limit_setting(request: Request, name: str) -> str:
-    settings = get_context(request).security.settings
-    value = getattr(settings, name, None) if settings is not None else None
-    return value if isinstance(value, str) else str(Settings.model_fields[name].default)
-
-
-async def _limit_ip(request: Request, policy: str, setting: str) -> None:
-    """Count this request against ``setting`` per client IP; RateLimited (429) beyond it."""
-    ctx = get_context(request)
-    await enforce(request, client_key(ctx, "ip", policy), _limit_setting(request, setting), policy=policy)
-
-
-async def _limit_target(request: Request, policy: str, target: str) -> None:
-    """The same per target (an address, an account), whatever IPs the requests come from, so one
-    inbox cannot be flooded from many addresses. The key holds a digest, never the address."""
-    digest = hashlib.sha256(target.encode()).hexdigest()[:40]
-    setting = _limit_setting(request, "rate_limit_account_mail_target")
-    await enforce(request, f"mail:{digest}:{policy}", setting, policy=policy)
 
 
 def _code(exc: Exception) -> str:
