@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import lru_cache
 
 from fundaments.security import RateLimitDecision
 
@@ -44,6 +45,7 @@ def retry_after_seconds(seconds: float) -> int:
     return max(1, whole_seconds(seconds))
 
 
+@lru_cache(maxsize=1024)  # policy names are a handful of constants: each quoted once
 def sf_string(text: str) -> str:
     """``text`` as an RFC 9651 String: quoted, ``\\`` and ``"`` escaped, any character outside
     printable ASCII (which a String cannot hold) replaced by ``_``, at most MAX_POLICY_NAME long."""
