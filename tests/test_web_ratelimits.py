@@ -441,3 +441,15 @@ async def test_the_documented_example_runs(
             ]
             assert reports == [200] * 10 + [429]
             assert (await http.get("/tenant-report", headers={"x-tenant": "globex"})).status_code == 200
+
+
+async def test_a_flood_of_refusals_is_not_a_flood_of_log_lines(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attack: a client hammering a spent limit to fill the disk with log lines."""
+    caplog.set_level("WARNING", logger="fundaments.web.middleware")
+    async with client(app, **JSON) as http:
+        codes = [(await http.get("/limited")).status_code for _ in range(50)]
+    assert codes.count(429) == 47
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("429 for")]
+    assert lines == ["429 for GET /limited: RateLimited; further ones are logged once per 60 s"]

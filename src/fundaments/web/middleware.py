@@ -78,6 +78,8 @@ MAX_CACHED_USERS = 10_000
 DRAIN_FACTOR = 4  # a refused body up to 4x max_body_bytes more is read and dropped before the 413
 DRAIN_SECONDS = 5.0  # ... if it arrives within this time
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+RATE_LIMIT_LOG_SECONDS = 60.0  # one "429 for" line per method and path this often, not one per refusal
+MAX_RATE_LIMIT_LOG_PATHS = 1_000
 
 DEFAULT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
@@ -399,6 +401,9 @@ class SecurityMiddleware:
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
+        # "METHOD /path" -> (when its 429 was last logged, refusals since): a flood of refusals,
+        # what rate limits are for, must not become a flood of log lines.
+        self._rate_limit_logged: dict[str, tuple[float, int]] = {}
 
     @property
     def raw_security_headers(self) -> list[tuple[bytes, bytes]]:
@@ -531,7 +536,7 @@ class SecurityMiddleware:
             log.warning("refused %s: %s", where, BODY_TOO_LARGE.code)
             await self._refuse(send, headers, self._too_large, CONNECTION_CLOSE)
         elif isinstance(exc, RateLimited):
-            log.warning("429 for %s: %s", where, type(exc).__name__)
+            self._log_rate_limited(where, exc)
             await self._refuse(send, headers, *rate_limited_answer(scope, exc))
         elif isinstance(exc, ServiceUnavailable):  # HashingBusyError: the hashing pool is full
             log.warning("503 for %s: %s", where, type(exc).__name__)
@@ -544,6 +549,22 @@ class SecurityMiddleware:
             # redaction filter), never to the client.
             log.error("unhandled %s in %s", type(exc).__name__, where, exc_info=exc)
             await self._refuse(send, headers, SERVER_ERROR)
+
+    def _log_rate_limited(self, where: str, exc: RateLimited) -> None:
+        """One warning per ``where`` per RATE_LIMIT_LOG_SECONDS, counting the refusals in between."""
+        now = time.monotonic()
+        last, unlogged = self._rate_limit_logged.get(where, (-math.inf, 0))
+        if now - last < RATE_LIMIT_LOG_SECONDS:
+            self._rate_limit_logged[where] = (last, unlogged + 1)
+            return
+        if len(self._rate_limit_logged) >= MAX_RATE_LIMIT_LOG_PATHS:
+            self._rate_limit_logged.clear()
+        self._rate_limit_logged[where] = (now, 0)
+        more = f" (and {unlogged} more since the last line)" if unlogged else ""
+        log.warning(
+            "429 for %s: %s%s; further ones are logged once per %g s",
+            where, type(exc).__name__, more, RATE_LIMIT_LOG_SECONDS,
+        )  # fmt: skip
 
     async def _admit(
         self,
