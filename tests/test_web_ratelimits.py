@@ -453,3 +453,16 @@ async def test_a_flood_of_refusals_is_not_a_flood_of_log_lines(
     assert codes.count(429) == 47
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("429 for")]
     assert lines == ["429 for GET /limited: RateLimited; further ones are logged once per 60 s"]
+
+
+async def test_a_dependency_run_outside_the_event_loop_fails_closed() -> None:
+    """A FastAPI that took rate_limited() for a sync dependency would run it in a worker thread and
+    never await the check: it must refuse then, not let every request through unlimited."""
+    import asyncio
+
+    from starlette.requests import Request as StarletteRequest
+
+    guard = rate_limited("1/minute")
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    with pytest.raises(RuntimeError, match="would not apply"):
+        await asyncio.to_thread(guard, StarletteRequest(scope))

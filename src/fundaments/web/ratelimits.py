@@ -145,6 +145,13 @@ def rate_limited(
 
     def guard(request: HTTPConnection) -> Any:
         if isinstance(request, HTTPConnection):  # the dependency: FastAPI awaits what it returns
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # called in a worker thread: what comes back would never be awaited
+                raise RuntimeError(
+                    "rate_limited() was called as a synchronous dependency, so its limit would not "
+                    "apply; this FastAPI does not recognize it as async: upgrade FastAPI"
+                ) from None
             return check(request, None)
         endpoint: Endpoint = request  # type: ignore[unreachable]  # typed for FastAPI; a function here
         own_name = getattr(endpoint, "__name__", None)
@@ -158,7 +165,8 @@ def rate_limited(
 
     # FastAPI awaits a dependency whose function is a coroutine function; guard is a plain one (so
     # that it can also decorate), marked as returning an awaitable. tests/test_web_ratelimits.py
-    # proves both forms limit (a dependency that was not awaited would let everything through).
+    # proves both forms limit. A FastAPI that ignored the mark would run guard in a worker thread
+    # and never await the check: guard then refuses (a 500) rather than let everything through.
     if sys.version_info >= (3, 12):
         inspect.markcoroutinefunction(guard)
     else:
