@@ -25,6 +25,7 @@ from fundaments.models import (
     Session,
     User,
 )
+from fundaments.ratelimit import Rate, parse_rate
 from fundaments.security._core import CORE_SERVICES
 from fundaments.security.access import AccessPart
 from fundaments.security.accounts import AccountsPart
@@ -54,6 +55,7 @@ __all__ = [
     "LoginFailure",
     "LoginResult",
     "MailStatus",
+    "Rate",
     "RateLimitDecision",
     "ReencryptReport",
     "RequestContext",
@@ -61,6 +63,7 @@ __all__ = [
     "Security",
     "Session",
     "User",
+    "parse_rate",
 ]
 
 

@@ -62,7 +62,8 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fundaments.config.settings import DEFAULT_ALLOWED_HOSTS
 from fundaments.errors import FundamentsError, RateLimited, ServiceUnavailable
-from fundaments.security import MAX_IP_LENGTH, RequestContext, Security, Session, User
+from fundaments.security import MAX_IP_LENGTH, RateLimitDecision, RequestContext, Security, Session, User
+from fundaments.web.ratelimit_headers import rate_limit_headers, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ MAX_CACHED_USERS = 10_000
 DRAIN_FACTOR = 4  # a refused body up to 4x max_body_bytes more is read and dropped before the 413
 DRAIN_SECONDS = 5.0  # ... if it arrives within this time
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+RATE_LIMIT_LOG_SECONDS = 60.0  # one "429 for" line per method and path this often, not one per refusal
+MAX_RATE_LIMIT_LOG_PATHS = 1_000
 
 DEFAULT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
@@ -146,6 +149,9 @@ class WebContext:
     _extra_headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _forget_user: Callable[[int], None] | None = field(default=None, repr=False)
     _request_context: RequestContext | None = field(default=None, repr=False)
+    # (policy name, decision) of the rate limits this request was counted against: None (the
+    # usual case, no cost) or the RateLimit headers of its response.
+    _rate_limits: list[tuple[str, RateLimitDecision]] | None = field(default=None, repr=False)
 
     @property
     def request_data(self) -> dict[str, str]:
@@ -210,6 +216,23 @@ class WebContext:
         """The live session token of this request (after any rotation), or None."""
         return self._token
 
+    def record_rate_limit(self, policy: str, decision: RateLimitDecision) -> None:
+        """Put ``decision`` (under the policy name ``policy``) in the ``RateLimit`` and
+        ``RateLimit-Policy`` headers of this request's response, allowed or refused alike."""
+        if self._rate_limits is None:
+            self._rate_limits = [(policy, decision)]
+        else:
+            self._rate_limits.append((policy, decision))
+
+    def rate_limits_lack(self, decision: RateLimitDecision) -> bool:
+        """Whether ``decision`` (this very object) is not recorded yet."""
+        return all(seen is not decision for _, seen in self._rate_limits or ())
+
+    @property
+    def rate_limits(self) -> tuple[tuple[str, RateLimitDecision], ...]:
+        """The (policy name, decision) pairs recorded for this request so far."""
+        return tuple(self._rate_limits or ())
+
 
 class BodyTooLarge(FundamentsError):
     """A request body grew past ``max_body_bytes`` (the middleware answers 413)."""
@@ -249,6 +272,27 @@ PASSWORD_CHANGE_REQUIRED = Refusal(
 SERVICE_BUSY = Refusal(503, "service_busy", "The service is busy; retry in a moment.")
 SERVICE_STARTING = Refusal(503, "service_starting", "The service is starting or stopping; retry in a moment.")
 RATE_LIMITED = Refusal(429, "rate_limited", "Too many requests; retry later.")
+
+
+def rate_limited_answer(scope: Scope, exc: RateLimited) -> tuple[Refusal, tuple[tuple[str, str], ...]]:
+    """The 429 refusal of ``exc`` and its ``Retry-After`` (whole seconds, rounded up, at least 1).
+
+    The decision it carries joins the request's recorded rate limits (under the policy name
+    ``default`` unless a helper recorded it already), so the answer, sent through the middleware,
+    has the ``RateLimit`` and ``RateLimit-Policy`` headers too."""
+    seconds = retry_after_seconds(exc.retry_after)
+    ctx = scope.get(SCOPE_KEY)
+    decision = exc.decision
+    if (
+        isinstance(ctx, WebContext)
+        and isinstance(decision, RateLimitDecision)
+        and ctx.rate_limits_lack(decision)
+    ):
+        ctx.record_rate_limit("default", decision)
+    detail = f"Too many requests; retry after {seconds} s."
+    return Refusal(RATE_LIMITED.status, RATE_LIMITED.code, detail), (("retry-after", str(seconds)),)
+
+
 SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 
 
@@ -357,6 +401,9 @@ class SecurityMiddleware:
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
+        # "METHOD /path" -> (when its 429 was last logged, refusals since): a flood of refusals,
+        # what rate limits are for, must not become a flood of log lines.
+        self._rate_limit_logged: dict[str, tuple[float, int]] = {}
 
     @property
     def raw_security_headers(self) -> list[tuple[bytes, bytes]]:
@@ -434,6 +481,8 @@ class SecurityMiddleware:
                     ]
                 if ctx._extra_headers:
                     raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
+                if ctx._rate_limits is not None:
+                    raw.extend((n.encode(), v.encode()) for n, v in rate_limit_headers(ctx._rate_limits))
                 if ctx._set_cookies:
                     raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
                 message["headers"] = raw
@@ -487,9 +536,8 @@ class SecurityMiddleware:
             log.warning("refused %s: %s", where, BODY_TOO_LARGE.code)
             await self._refuse(send, headers, self._too_large, CONNECTION_CLOSE)
         elif isinstance(exc, RateLimited):
-            log.warning("429 for %s: %s", where, type(exc).__name__)
-            retry = (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
-            await self._refuse(send, headers, RATE_LIMITED, retry)
+            self._log_rate_limited(where, exc)
+            await self._refuse(send, headers, *rate_limited_answer(scope, exc))
         elif isinstance(exc, ServiceUnavailable):  # HashingBusyError: the hashing pool is full
             log.warning("503 for %s: %s", where, type(exc).__name__)
             retry_after = float(getattr(exc, "retry_after", 1.0))
@@ -501,6 +549,22 @@ class SecurityMiddleware:
             # redaction filter), never to the client.
             log.error("unhandled %s in %s", type(exc).__name__, where, exc_info=exc)
             await self._refuse(send, headers, SERVER_ERROR)
+
+    def _log_rate_limited(self, where: str, exc: RateLimited) -> None:
+        """One warning per ``where`` per RATE_LIMIT_LOG_SECONDS, counting the refusals in between."""
+        now = time.monotonic()
+        last, unlogged = self._rate_limit_logged.get(where, (-math.inf, 0))
+        if now - last < RATE_LIMIT_LOG_SECONDS:
+            self._rate_limit_logged[where] = (last, unlogged + 1)
+            return
+        if len(self._rate_limit_logged) >= MAX_RATE_LIMIT_LOG_PATHS:
+            self._rate_limit_logged.clear()
+        self._rate_limit_logged[where] = (now, 0)
+        more = f" (and {unlogged} more since the last line)" if unlogged else ""
+        log.warning(
+            "429 for %s: %s%s; further ones are logged once per %g s",
+            where, type(exc).__name__, more, RATE_LIMIT_LOG_SECONDS,
+        )  # fmt: skip
 
     async def _admit(
         self,
