@@ -4,6 +4,8 @@ PostgreSQL: the token alone on stdout once, never in a listing; one-line errors,
 from __future__ import annotations
 
 import re
+import shlex
+from pathlib import Path
 
 from fundaments.security import Security
 from test_cli_admin import PASSWORD, Invoke, assert_one_line_error, cli, with_security  # noqa: F401
@@ -115,3 +117,31 @@ def test_errors_are_one_line_with_exit_1(cli: Invoke) -> None:  # noqa: F811
     usage = cli("keys", "api", "create", "--user", "ann", "--name", "x", "--expires-days", "0")
     assert usage.exit_code == 2 and "Traceback" not in usage.output
     assert cli("keys", "api", "list", "--user", "ann").stdout.count("key_") == 0  # nothing was created
+
+
+def test_the_cli_docs_block_runs(cli: Invoke) -> None:  # noqa: F811
+    """docs/cli.md's `keys api` session: every `$ fundaments` line runs, in order, with exit 0."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    block = text.split("<!-- cli-api-keys:", 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
+    commands = [
+        line[len("$ fundaments ") :] for line in block.splitlines() if line.startswith("$ fundaments ")
+    ]
+    assert [c.split()[:3] for c in commands] == [["keys", "api", "create"], ["keys", "api", "list"],
+                                                 ["keys", "api", "rotate"], ["keys", "api", "revoke"]]  # fmt: skip
+    role = cli("roles", "create", "invoker", "--permission", "models:*")
+    assert role.exit_code == 0, role.output
+    assert (
+        cli("users", "create", "ci-bot", "--password-stdin", "--role", "invoker", input=PASSWORD).exit_code
+        == 0
+    )
+    key_id = ""
+    for command in commands:
+        result = cli(*shlex.split(command.replace("KEY_ID", key_id)))
+        assert result.exit_code == 0, (command, result.output)
+        if command.startswith("keys api create"):
+            assert TOKEN.match(result.stdout.strip()) and "shown once" in result.stderr
+            shown = block.split("\n$ fundaments keys api list")[0].splitlines()[1:]  # the block's output
+            assert shown[1] == result.stderr.splitlines()[1]  # the warning, word for word
+        if command.startswith("keys api list"):
+            key_id = re.search(r"key_\w+", result.stdout).group(0)  # type: ignore[union-attr]
+    assert "revoked" in cli("keys", "api", "list", "--user", "ci-bot").stdout

@@ -47,8 +47,10 @@ SHOWN_ONCE = "this token is shown once and cannot be shown again: store it now (
 
 def _print_token(created: ApiKeyCreated, what: str) -> None:
     key = created.key
-    err.print(f"{what} {escape(key.name)!r} ({key.id}, prefix {key.prefix}) for user #{key.user_id}")
-    err.print(f"[bold yellow]warning:[/] {SHOWN_ONCE}", markup=True)
+    err.print(
+        f"{what} {escape(key.name)!r} ({key.id}, prefix {key.prefix}) for user #{key.user_id}", soft_wrap=True
+    )
+    err.print(f"[bold yellow]warning:[/] {SHOWN_ONCE}", markup=True, soft_wrap=True)
     typer.echo(created.token)  # stdout, alone, once
 
 
