@@ -22,6 +22,7 @@ from fundaments.config import Settings, configure_logging, degraded_services, lo
 from fundaments.encryption import EncryptionService
 from fundaments.errors import PasswordPolicyError, StorageError, UserExistsError
 from fundaments.mail import Mailer
+from fundaments.mfa import MfaService
 from fundaments.passwords import PasswordService
 from fundaments.security import Security
 from fundaments.sessions import SessionManager
@@ -40,6 +41,7 @@ SERVICE_KEYS = (
     "audit",
     "mail",
     "account_tokens",
+    "mfa",
     "security",
 )
 
@@ -185,6 +187,7 @@ async def initialize_fundaments(
         access_control = AccessControl(db, settings, clock, audit)
         mail = Mailer(db, settings, clock, audit, encryption)
         account_tokens = AccountTokens(db, settings, clock)
+        mfa = MfaService(db, settings, clock, encryption)
         await user_handler.start()
         await sessions.start()
         await access_control.start()
@@ -202,6 +205,7 @@ async def initialize_fundaments(
         "audit": audit,
         "mail": mail,
         "account_tokens": account_tokens,
+        "mfa": mfa,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

@@ -17,9 +17,11 @@ from fundaments.models import (
     AuditEvent,
     LoginFailure,
     LoginResult,
+    MfaStatus,
     RequestContext,
     Role,
     Session,
+    TotpEnrolment,
     User,
 )
 from fundaments.security._core import CORE_SERVICES
@@ -30,6 +32,7 @@ from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
 from fundaments.security.mail import MailPart
+from fundaments.security.mfa import MfaPart
 from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
 from fundaments.store.reencrypt import ReencryptReport
@@ -47,11 +50,13 @@ __all__ = [
     "LoginFailure",
     "LoginResult",
     "MailStatus",
+    "MfaStatus",
     "ReencryptReport",
     "RequestContext",
     "Role",
     "Security",
     "Session",
+    "TotpEnrolment",
     "User",
 ]
 
@@ -59,6 +64,7 @@ __all__ = [
 class Security(
     AccountsPart,
     AdministrationPart,
+    MfaPart,  # before RecoveryPart: its _reset_second_factor is the one a reset calls
     RecoveryPart,
     SessionsPart,
     AccessPart,

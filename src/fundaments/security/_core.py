@@ -18,11 +18,12 @@ from fundaments.config import Settings
 from fundaments.encryption import EncryptionService
 from fundaments.errors import InvalidArgument, ServiceUnavailable
 from fundaments.mail import Mailer
-from fundaments.models import RequestContext
+from fundaments.mfa import MfaService
+from fundaments.models import LoginResult, RequestContext
 from fundaments.security import notices
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Executor, Transaction
-from fundaments.user_handler import UserHandler
+from fundaments.user_handler import CredentialCheck, UserHandler
 
 CORE_SERVICES = ("user_handler", "sessions", "access_control")
 
@@ -68,6 +69,7 @@ class SecurityCore:
         self._settings: Settings | None = services.get("config")
         self._mail: Mailer | None = services.get("mail")
         self._tokens: AccountTokens | None = services.get("account_tokens")
+        self._mfa: MfaService | None = services.get("mfa")
 
     @property
     def encryption_available(self) -> bool:
@@ -110,6 +112,13 @@ class SecurityCore:
             )
         return self._tokens
 
+    def _require_mfa(self) -> MfaService:
+        if self._mfa is None:
+            raise ServiceUnavailable(
+                "multi-factor authentication is not running: build Security with initialize_fundaments()"
+            )
+        return self._mfa
+
     def _now(self) -> float:
         return self._require_tokens().now()
 
@@ -129,3 +138,38 @@ class SecurityCore:
             self._settings, user.username, self._now(), ip, by_administrator=by_administrator
         )
         await self._notify(tx, user.email, notice)
+
+    async def _finish_login(
+        self, tx: Executor, check: CredentialCheck, ctx: RequestContext, *, second_factor: str | None = None
+    ) -> LoginResult:
+        """The end of every login chain, in ``tx``, once each factor passed: counters reset, hash
+        upgrade, device cookie, a new session bound to the client (never one from before:
+        fixation), the new-device notice and ``login.succeeded`` (with the second factor used)."""
+        assert check.user is not None
+        device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
+        session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
+        settings = self._require_settings()
+        if (
+            settings.notify_new_device_login
+            and check.device_hash is None
+            and check.devices
+            and check.user.email
+        ):
+            notice = notices.new_device_login(settings, check.user.username, self._now(), ctx.ip_address)
+            await self._notify(tx, check.user.email, notice)
+        details: dict[str, object] = {"hash_upgraded": check.upgraded_hash is not None}
+        if second_factor is not None:
+            details["second_factor"] = second_factor
+        await self._require_audit().record(
+            "login.succeeded",
+            tx=tx,
+            actor_user_id=check.user.id,
+            subject_user_id=check.user.id,
+            username=check.user.username,
+            ip_address=ctx.ip_address,
+            user_agent=ctx.user_agent,
+            session_id=session.id,
+            details=details,
+        )
+        user = await self._users.logged_in_user(tx, check)  # with its roles and this login
+        return LoginResult(user=user, session=session, device_token=device_token)
