@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fundaments.errors import AuthenticationError, InvalidArgument, UnknownUserError
+from fundaments.errors import AuthenticationError, InvalidArgument, SecondFactorRequired, UnknownUserError
 from fundaments.mfa import Challenge, parse_code
 from fundaments.models import LoginFailure, LoginResult, MfaStatus, RequestContext, TotpEnrolment, User
 from fundaments.security import notices
@@ -27,6 +27,11 @@ class _Lost(Exception):
 
 class MfaPart(SecurityCore):
     """TOTP, recovery codes and ``verify_mfa``."""
+
+    @property
+    def mfa_token_ttl(self) -> int:
+        """Seconds an mfa_token lives (``MFA_TOKEN_TTL``)."""
+        return self._require_settings().mfa_token_ttl
 
     # --- enrolment --------------------------------------------------------------------------------
     async def begin_totp_enrolment(self, user_id: int) -> TotpEnrolment:
@@ -255,7 +260,7 @@ class MfaPart(SecurityCore):
         await self._users.second_factor_failed(
             user.username, user_id, ctx, claim, device=False, factor=_factor_of(code)
         )
-        raise AuthenticationError(
+        raise SecondFactorRequired(
             "this account has two-factor sign-in: give a current code of the authenticator app "
             "(or a recovery code) as second_factor"
         )
