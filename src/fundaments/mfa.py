@@ -217,18 +217,18 @@ class MfaService:
             return None  # a key no longer configured, or a row moved between accounts: no code matches
 
     # --- checking a code --------------------------------------------------------------------------
-    async def check(self, user_id: int, code: object) -> Accepted | None:
+    async def check(self, db: Executor, user_id: int, code: object) -> Accepted | None:
         """What :meth:`spend` must make this request's for ``code`` to count, or None when it cannot
         be a valid factor now: a TOTP code of a step after the last accepted one (checked here), or a
         well-formed recovery code (whether it is an unused one of the account, spending tells).
-        Writes nothing."""
+        Writes nothing (in ``db``, the transaction that will spend it)."""
         parsed = parse_code(code)
         if parsed is None:
             return None
         kind, value = parsed
         if kind == "recovery_code":
             return Accepted("recovery_code", code=value)
-        row = await queries.totp_row(self._db, user_id)
+        row = await queries.totp_row(db, user_id)
         if row is None or row["secret"] is None:
             return None
         secret = self._decrypt(row["secret"], user_id)

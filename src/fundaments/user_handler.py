@@ -856,22 +856,29 @@ class UserHandler:
         return await self._claim_attempt(tx, user_id, device_hash, self._clock.now())
 
     async def second_factor_failed(
-        self, username: str, user_id: int, ctx: RequestContext, claim: Row, *, device: bool, factor: str
+        self,
+        tx: Executor,
+        username: str,
+        user_id: int,
+        ctx: RequestContext,
+        claim: Row,
+        *,
+        device: bool,
+        factor: str,
     ) -> float | None:
-        """A wrong second factor (counted by its claim already): audited ``login.failed`` with
-        reason ``invalid_second_factor``, and ``account.locked`` when it set the lock. The account's
-        lock end when this attempt locked the account (not a device), else None."""
-        async with self._db.transaction() as tx:
-            await self._audit.record(
-                "login.failed",
-                outcome="failure",
-                tx=tx,
-                subject_user_id=user_id,
-                username=username,
-                client=ctx,
-                details={"reason": "invalid_second_factor", "factor": factor, "device": device},
-            )
-            locked = await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
+        """A wrong second factor (counted by its claim already), in ``tx``: audited ``login.failed``
+        with reason ``invalid_second_factor``, and ``account.locked`` when it set the lock. The
+        account's lock end when this attempt locked the account (not a device), else None."""
+        await self._audit.record(
+            "login.failed",
+            outcome="failure",
+            tx=tx,
+            subject_user_id=user_id,
+            username=username,
+            client=ctx,
+            details={"reason": "invalid_second_factor", "factor": factor, "device": device},
+        )
+        locked = await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
         return float(claim["locked_until"]) if locked and not device else None
 
     async def release_second_factor_claim(self, tx: Executor, user_id: int) -> None:

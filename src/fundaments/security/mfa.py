@@ -21,10 +21,6 @@ from fundaments.user_handler import CredentialCheck, throttle_key
 WRONG_CODE = "the code is not correct (or was used already): type the current code of your authenticator app"
 
 
-class _Lost(Exception):
-    """Another request won the factor or the challenge between the check and the spend."""
-
-
 class MfaPart(SecurityCore):
     """TOTP, recovery codes and ``verify_mfa``."""
 
@@ -136,7 +132,9 @@ class MfaPart(SecurityCore):
         mfa = self._require_mfa()
         refused: str | None = None
         user: User | None = None
-        claim = None
+        result = LoginResult(reason=LoginFailure.INVALID_CREDENTIALS)
+        # One transaction: the TOTP check is cheap (microseconds), so the claims need not be
+        # committed before it as a password's must be before its hash.
         async with self._transaction() as tx:
             challenge = await mfa.claim_attempt(tx, mfa_token)
             if challenge is None:
@@ -150,7 +148,7 @@ class MfaPart(SecurityCore):
                     await mfa.spend_challenge(tx, challenge)
                     refused = "disabled"
                 else:
-                    claim = await self._users.claim_second_factor(tx, user.id, challenge.device_hash)
+                    result = await self._second_step(tx, challenge, user, code, ctx, mfa_token)
         if refused is not None or challenge is None or user is None:
             await self._require_audit().record_coalesced(
                 "login.mfa_refused",
@@ -159,16 +157,26 @@ class MfaPart(SecurityCore):
                 client=ctx,
                 details={"reason": refused},
             )
-            return LoginResult(
-                reason=LoginFailure.DISABLED if refused == "disabled" else LoginFailure.INVALID_CREDENTIALS
-            )
-        device = challenge.device_hash is not None
-        if claim is None:
+            disabled = refused == "disabled"
+            return LoginResult(reason=LoginFailure.DISABLED if disabled else LoginFailure.INVALID_CREDENTIALS)
+        if result.reason is LoginFailure.LOCKED:
+            device = challenge.device_hash is not None
             await self._users.second_factor_locked(user.username, user.id, ctx, device=device)
-            return LoginResult(reason=LoginFailure.LOCKED)
+        return result
 
-        accepted = await mfa.check(user.id, code)
-        if accepted is not None:
+    async def _second_step(
+        self, tx: Executor, challenge: Challenge, user: User, code: object, ctx: RequestContext, token: str
+    ) -> LoginResult:
+        """Claim, check and spend in ``tx``, which took one of the challenge's attempts: its row
+        (SQLite: the write lock) is held until the commit, so no other request can spend it."""
+        mfa = self._require_mfa()
+        device = challenge.device_hash is not None
+        claim = await self._users.claim_second_factor(tx, user.id, challenge.device_hash)
+        if claim is None:
+            return LoginResult(reason=LoginFailure.LOCKED)
+        accepted = await mfa.check(tx, user.id, code)
+        if accepted is not None and await mfa.spend(tx, user.id, accepted):
+            await mfa.spend_challenge(tx, challenge)
             check = CredentialCheck(
                 user,
                 None,
@@ -177,31 +185,20 @@ class MfaPart(SecurityCore):
                 device_token=ctx.device_token if device else None,
                 devices=challenge.devices,
             )
-            try:
-                async with self._transaction() as tx:
-                    if not await mfa.spend(tx, user.id, accepted) or not await mfa.spend_challenge(
-                        tx, challenge
-                    ):
-                        raise _Lost  # rolls back whichever of the two was spent
-                    result = await self._finish_login(tx, check, ctx, second_factor=accepted.factor)
-                    if accepted.factor == "recovery_code":
-                        await self._recovery_code_used(tx, user, ctx)
-            except _Lost:
-                pass
-            else:
-                return result
-        factor = _factor_of(code)
+            result = await self._finish_login(tx, check, ctx, second_factor=accepted.factor)
+            if accepted.factor == "recovery_code":
+                await self._recovery_code_used(tx, user, ctx)
+            return result
         locked_until = await self._users.second_factor_failed(
-            user.username, user.id, ctx, claim, device=device, factor=factor
+            tx, user.username, user.id, ctx, claim, device=device, factor=_factor_of(code)
         )
-        if locked_until is not None and user.email:
-            async with self._transaction() as tx:  # the owner learns of the lock (ASVS 6.3.7)
-                notice = notices.account_locked(
-                    self._require_settings(), user.username, locked_until, self._now(), ctx.ip_address
-                )
-                await self._notify(tx, user.email, notice)
+        if locked_until is not None and user.email:  # the owner learns of the lock (ASVS 6.3.7)
+            notice = notices.account_locked(
+                self._require_settings(), user.username, locked_until, self._now(), ctx.ip_address
+            )
+            await self._notify(tx, user.email, notice)
         again = challenge.attempts_left > 0 and locked_until is None
-        return LoginResult(reason=LoginFailure.INVALID_CREDENTIALS, mfa_token=mfa_token if again else None)
+        return LoginResult(reason=LoginFailure.INVALID_CREDENTIALS, mfa_token=token if again else None)
 
     def _same_client(self, challenge: Challenge, ctx: RequestContext) -> bool:
         """The session binding's rule (``SESSION_BINDING``) applied to the challenge: strict and
@@ -239,27 +236,27 @@ class MfaPart(SecurityCore):
         if not await mfa.enrolled(self._require_db(), user_id):
             return
         user = await self._get_user(user_id)
+        locked = proven = False
         async with self._transaction() as tx:
             claim = await self._users.claim_second_factor(tx, user_id, None)
-        if claim is None:
-            await self._users.second_factor_locked(user.username, user_id, ctx, device=False)
-            raise AuthenticationError("too many wrong codes: the account is locked for now; try again later")
-        accepted = await mfa.check(user_id, code)
-        if accepted is not None:
-            try:
-                async with self._transaction() as tx:
-                    if not await mfa.spend(tx, user_id, accepted):
-                        raise _Lost
+            if claim is None:
+                locked = True
+            else:
+                accepted = await mfa.check(tx, user_id, code)
+                if accepted is not None and await mfa.spend(tx, user_id, accepted):
+                    proven = True
                     await self._users.release_second_factor_claim(tx, user_id)
                     if accepted.factor == "recovery_code":
                         await self._recovery_code_used(tx, user, ctx)
-            except _Lost:
-                pass
-            else:
-                return
-        await self._users.second_factor_failed(
-            user.username, user_id, ctx, claim, device=False, factor=_factor_of(code)
-        )
+                else:
+                    await self._users.second_factor_failed(
+                        tx, user.username, user_id, ctx, claim, device=False, factor=_factor_of(code)
+                    )
+        if proven:
+            return
+        if locked:
+            await self._users.second_factor_locked(user.username, user_id, ctx, device=False)
+            raise AuthenticationError("too many wrong codes: the account is locked for now; try again later")
         raise SecondFactorRequired(
             "this account has two-factor sign-in: give a current code of the authenticator app "
             "(or a recovery code) as second_factor"
