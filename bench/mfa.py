@@ -64,7 +64,7 @@ async def main(rounds: int) -> None:
             )
             stored = hasher.hash(PASSWORD)
 
-            verify, password_only, two_step, check_only, recovery = [], [], [], [], []
+            verify, password_only, two_step, check_only, recovery, second = [], [], [], [], [], []
             for i in range(rounds):
                 clock.advance(30)
                 started = time.perf_counter()
@@ -77,8 +77,10 @@ async def main(rounds: int) -> None:
 
                 started = time.perf_counter()
                 step = await security.user_login("totp-bench", PASSWORD, CLIENT)
+                halfway = time.perf_counter()
                 assert await security.verify_mfa(step.mfa_token, totp.at(clock.now()), CLIENT)  # type: ignore[arg-type]
                 two_step.append(time.perf_counter() - started)
+                second.append(time.perf_counter() - halfway)
 
                 started = time.perf_counter()
                 for _ in range(100):
@@ -99,8 +101,9 @@ async def main(rounds: int) -> None:
     print(f"argon2id verify (default parameters)      {ms(verify):8.2f} ms")
     print(f"user_login, password only                 {ms(password_only):8.2f} ms")
     print(f"user_login + verify_mfa (TOTP)            {ms(two_step):8.2f} ms")
-    added = ms(two_step) - ms(password_only)
-    print(f"  TOTP adds                               {added:8.2f} ms  (bar: <= 2 ms)")
+    paired = [b - a for a, b in zip(password_only, two_step, strict=True)]  # same round, same load
+    print(f"  TOTP adds (median of paired rounds)     {ms(paired):8.2f} ms  (bar: <= 2 ms)")
+    print(f"  of which verify_mfa                     {ms(second):8.2f} ms")
     print(f"  TOTP check alone (decrypt + 3 codes)    {ms(check_only):8.3f} ms (includes one encrypt)")
     print(f"verify_mfa with a recovery code           {ms(recovery):8.2f} ms  (bar: <= one verify)")
 
