@@ -408,3 +408,23 @@ async def test_a_reset_password_still_asks_for_the_second_factor(fundaments: Fun
     assert result.reason is LoginFailure.MFA_REQUIRED
     assert isinstance(result, LoginResult) and result.mfa_token
     assert await security.verify_mfa(result.mfa_token, totp.at(clock.now()), CLIENT)
+
+
+async def test_a_known_device_is_not_locked_out_by_someone_else_s_wrong_codes(
+    fundaments: Fundaments, clock
+) -> None:
+    """The device-cookie rule holds for the second factor as for passwords (OWASP device cookies)."""
+    security = fundaments.security
+    user_id, totp, _ = await ann_with_totp(security, clock)
+    first = await security.verify_mfa(await password_step(security), totp.at(clock.now()), CLIENT)
+    assert first and first.device_token
+    attacker = {"ip_address": "198.51.100.66", "user_agent": "attacker"}
+    token = await password_step(security, client=attacker)  # knows the password, not the code
+    for _ in range(fundaments.settings.lockout_threshold):
+        assert not await security.verify_mfa(token, "000000", attacker)
+    user = await security.get_user(user_id)
+    assert user is not None and user.is_locked
+    ann = {**CLIENT, "device_token": first.device_token}
+    clock.advance(STEP)
+    again = await security.verify_mfa(await password_step(security, client=ann), totp.at(clock.now()), ann)
+    assert again and again.device_token == first.device_token
