@@ -428,3 +428,13 @@ async def test_a_known_device_is_not_locked_out_by_someone_else_s_wrong_codes(
     clock.advance(STEP)
     again = await security.verify_mfa(await password_step(security, client=ann), totp.at(clock.now()), ann)
     assert again and again.device_token == first.device_token
+
+
+async def test_the_code_that_confirmed_the_enrolment_cannot_log_in(fundaments: Fundaments, clock) -> None:
+    security = fundaments.security
+    mid_step(clock)
+    user = await security.register_user("ann", PASSWORD)
+    enrolment = await security.begin_totp_enrolment(user.id)
+    code = pyotp.TOTP(enrolment.secret).at(clock.now())
+    await security.confirm_totp_enrolment(user.id, code)
+    assert not await security.verify_mfa(await password_step(security), code, CLIENT)
