@@ -1,6 +1,8 @@
 """One TOTP code sent by two processes at once, each finishing its own login: exactly one gets
-in — on PostgreSQL and on one SQLite file shared by both processes (the conditional UPDATE of the
-last accepted step, not any in-process lock, decides)."""
+in — on PostgreSQL and on one SQLite file shared by both processes. No in-process lock is involved:
+the database decides, twice over — the second request's claim on the account's lock row waits for
+the first's commit (and then reads the step it accepted), and the step is accepted only by
+``UPDATE … WHERE last_step < $n``. With both removed this test fails on both databases."""
 
 from __future__ import annotations
 
