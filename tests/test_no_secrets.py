@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pyotp
 import pytest
 
 from fundaments import Security
@@ -95,4 +96,42 @@ async def test_api_key_tokens_appear_nowhere(fundaments, request_data, caplog) -
     for blob in [*await database_bytes(fundaments), logs, audit]:
         for name, secret in needles.items():
             for form in (secret.encode(), secret.encode("utf-16-le"), secret[10:].encode()):
+                assert form not in blob, f"the {name} leaked"
+
+
+async def test_totp_secret_recovery_codes_and_mfa_token_appear_nowhere(
+    fundaments, request_data, clock, caplog
+) -> None:
+    """The multi-factor issue: the TOTP secret is stored encrypted, recovery codes as keyed digests,
+    the mfa_token as a digest; none of them (nor a code typed) reaches the database, its WAL or a log."""
+    caplog.set_level(logging.DEBUG)
+    security: Security = fundaments["security"]
+    user = await security.register_user("mfa-scan@example.com", PASSWORD, email="mfa-scan@example.com")
+    enrolment = await security.begin_totp_enrolment(user.id)
+    totp = pyotp.TOTP(enrolment.secret)
+    codes = await security.confirm_totp_enrolment(user.id, totp.at(clock.now()))
+    clock.advance(30)
+    first = await security.user_login("mfa-scan@example.com", PASSWORD, request_data)
+    assert first.mfa_token
+    assert await security.verify_mfa(first.mfa_token, codes[0], request_data)
+    second = await security.user_login("mfa-scan@example.com", PASSWORD, request_data)
+    assert second.mfa_token
+    assert not await security.verify_mfa(second.mfa_token, "Z" * 16, request_data)
+    assert await security.verify_mfa(second.mfa_token, totp.at(clock.now()), request_data)
+    await fundaments["mail"].send_due()
+    await fundaments["audit"].close()
+
+    needles = {
+        "totp secret": enrolment.secret,
+        "mfa token": first.mfa_token,
+        "other mfa token": second.mfa_token,
+    }
+    for i, code in enumerate(codes):
+        needles[f"recovery code {i}"] = code
+        needles[f"recovery code {i} (canonical)"] = code.replace("-", "")
+    logs = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records).encode()
+    assert b"login.succeeded" in logs
+    for blob in [*await database_bytes(fundaments), logs]:
+        for name, secret in needles.items():
+            for form in (secret.encode(), secret.encode("utf-16-le"), secret.lower().encode()):
                 assert form not in blob, f"the {name} leaked"

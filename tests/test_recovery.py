@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import pyotp
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -32,6 +33,7 @@ from fundaments.errors import (
     InvalidEmailError,
     PasswordPolicyError,
 )
+from fundaments.models import LoginFailure
 from test_mail import SmtpServer, smtp  # noqa: F401 - smtp is a fixture
 from timing import assert_same_time
 
@@ -497,15 +499,51 @@ def test_any_token_or_address_is_refused_with_a_typed_error_only(
         assert "\x00" not in str(exc)
 
 
-@pytest.mark.skip(reason="enable with the multi-factor issue: a reset must then prove the second factor")
 async def test_a_reset_does_not_bypass_the_second_factor(
     app: Fundaments,
     security: Security,
     smtp: SmtpServer,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     """ASVS 6.4.3. With TOTP enrolled, reset_password without ``second_factor`` (or with a wrong
-    one) is refused and the token survives; with a valid code it succeeds. Hook:
-    RecoveryPart._reset_second_factor."""
+    one) is refused and the token survives; with a valid code it succeeds, and the next login
+    still asks for the second factor. Hook: RecoveryPart._reset_second_factor (MfaPart's)."""
     ann = await security.register_user("ann", PASSWORD, email="ann@example.com")
+    enrolment = await security.begin_totp_enrolment(ann.id)
+    totp = pyotp.TOTP(enrolment.secret)
+    await security.confirm_totp_enrolment(ann.id, totp.at(clock.now()))
+    await deliver(app, smtp, expect=1)  # the "two-factor sign-in was turned on" notice
+    clock.advance(30)
     token = await reset_link(app, smtp)
-    raise AssertionError(f"enrol TOTP for {ann.id}, then reset with {token!r} and no code")
+    for wrong in (None, "000000", "not a code"):
+        with pytest.raises(AuthenticationError, match="second_factor"):
+            await security.reset_password(token, NEW_PASSWORD, CLIENT, second_factor=wrong)
+    assert await security.password_reset_link_valid(token)  # the link survived the refusals
+    user = await security.reset_password(token, NEW_PASSWORD, CLIENT, second_factor=totp.at(clock.now()))
+    assert user.id == ann.id
+    result = await security.user_login("ann", NEW_PASSWORD, CLIENT)
+    assert not result and result.reason is LoginFailure.MFA_REQUIRED and result.mfa_token
+    assert (await security.mfa_status(ann.id)).totp  # the reset left the second factor on
+    clock.advance(30)
+    assert await security.verify_mfa(result.mfa_token, totp.at(clock.now()), CLIENT)
+
+
+async def test_wrong_second_factors_at_reset_lock_the_account(
+    app: Fundaments,
+    security: Security,
+    smtp: SmtpServer,  # noqa: F811
+    clock: ManualClock,
+) -> None:
+    """The reset's code check is no side door for guessing codes: it counts toward the lock."""
+    ann = await security.register_user("ann", PASSWORD, email="ann@example.com")
+    enrolment = await security.begin_totp_enrolment(ann.id)
+    totp = pyotp.TOTP(enrolment.secret)
+    await security.confirm_totp_enrolment(ann.id, totp.at(clock.now()))
+    await deliver(app, smtp, expect=1)
+    clock.advance(30)
+    token = await reset_link(app, smtp)
+    for _ in range(app.settings.lockout_threshold):
+        with pytest.raises(AuthenticationError):
+            await security.reset_password(token, NEW_PASSWORD, CLIENT, second_factor="000000")
+    with pytest.raises(AuthenticationError, match="locked"):
+        await security.reset_password(token, NEW_PASSWORD, CLIENT, second_factor=totp.at(clock.now()))

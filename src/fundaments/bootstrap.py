@@ -23,6 +23,7 @@ from fundaments.config import Settings, configure_logging, degraded_services, lo
 from fundaments.encryption import EncryptionService
 from fundaments.errors import PasswordPolicyError, StorageError, UserExistsError
 from fundaments.mail import Mailer
+from fundaments.mfa import MfaService
 from fundaments.passwords import PasswordService
 from fundaments.ratelimit import RateLimiter
 from fundaments.security import Security
@@ -44,6 +45,7 @@ SERVICE_KEYS = (
     "account_tokens",
     "api_keys",
     "rate_limiter",
+    "mfa",
     "security",
 )
 
@@ -196,6 +198,7 @@ async def initialize_fundaments(
             api_keys = ApiKeys(db, settings, clock, audit, encryption.purpose_keys(DIGEST_PURPOSE))
         rate_limiter = RateLimiter.from_settings(settings, db, clock)
         log.info("rate limits: %s backend", rate_limiter.backend.name)
+        mfa = MfaService(db, settings, clock, encryption)
         await user_handler.start()
         await sessions.start()
         await access_control.start()
@@ -217,6 +220,7 @@ async def initialize_fundaments(
         "account_tokens": account_tokens,
         "api_keys": api_keys,
         "rate_limiter": rate_limiter,
+        "mfa": mfa,
     }
     services["security"] = Security(services)
     fundaments = Fundaments(services)

@@ -61,6 +61,10 @@ class AuthenticationError(FundamentsError):
     """A credential check failed (for example the current password in change_password)."""
 
 
+class SecondFactorRequired(AuthenticationError):
+    """The account has a second factor and the action needs a current code of it (missing or wrong)."""
+
+
 class ReauthenticationRequired(AuthenticationError):
     """The session is too old for this action: re-enter a password or second factor first."""
 

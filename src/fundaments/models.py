@@ -124,16 +124,22 @@ class LoginFailure(enum.Enum):
     THROTTLED = "throttled"
     DISABLED = "disabled"
     BUSY = "busy"
+    MFA_REQUIRED = "mfa_required"  # the password was right: finish with verify_mfa(mfa_token, code)
 
 
 @dataclass(frozen=True, slots=True)
 class LoginResult:
-    """Outcome of ``Security.user_login``; truthy only on success."""
+    """Outcome of ``Security.user_login`` and ``verify_mfa``; truthy only on success.
+
+    ``mfa_token`` is set with ``reason=MFA_REQUIRED`` (the password was right, the second factor
+    is due) and on a wrong second factor while the same challenge may still be tried.
+    """
 
     user: User | None = None
     session: Session | None = None
     reason: LoginFailure | None = None
     device_token: str | None = field(default=None, repr=False)
+    mfa_token: str | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return self.reason is None and self.session is not None
@@ -228,3 +234,25 @@ class RateLimitDecision:
 
     def __bool__(self) -> bool:
         return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class TotpEnrolment:
+    """A TOTP secret waiting for ``confirm_totp_enrolment``: show ``uri`` as a QR code and
+    ``secret`` as text, once. Neither is in the repr (logs, tracebacks)."""
+
+    secret: str = field(repr=False)  # base32, 160 bits
+    uri: str = field(repr=False)  # otpauth://totp/…
+
+
+@dataclass(frozen=True, slots=True)
+class MfaStatus:
+    """The second factors an account holds."""
+
+    totp: bool
+    passkeys: int = 0
+    recovery_codes_left: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.totp or self.passkeys > 0

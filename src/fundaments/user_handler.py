@@ -798,27 +798,10 @@ class UserHandler:
             raise ValueError("complete_login needs a successful CredentialCheck")
         user_id = check.user.id
         now = self._clock.now()
-        if check.ip_claim is not None:  # the right password is not a failure of this IP
-            await queries.release_ip_attempt(tx, check.ip_claim)
         # A login through a device cookie leaves the account's own counter alone: resetting it
         # would hand an attacker, who cannot use that cookie, a fresh set of guesses.
         await queries.record_login(tx, user_id, now, reset_failures=check.device_hash is None)
-        if (
-            check.upgraded_hash is not None
-            and check.stored_hash is not None
-            and await queries.replace_hash(tx, user_id, check.stored_hash, check.upgraded_hash, now)
-        ):
-            old = self._passwords.identify(check.stored_hash)
-            await self._audit.record(
-                "password.upgraded",
-                tx=tx,
-                subject_user_id=user_id,
-                username=check.username,
-                details={
-                    "from": old.algorithm if old else "unknown",
-                    "to": self._passwords.hasher.algorithm,
-                },
-            )
+        await self._record_right_password(tx, check, now)
         if check.device_hash is not None and check.device_token is not None:
             await queries.touch_device(tx, check.device_hash, now)
             return check.device_token
@@ -829,6 +812,85 @@ class UserHandler:
         if check.devices + 1 >= DEVICES_PER_USER + DEVICE_PRUNE_SLACK:
             await queries.prune_devices(tx, user_id, DEVICES_PER_USER)
         return token
+
+    async def _record_right_password(self, tx: Executor, check: CredentialCheck, now: float) -> None:
+        """What a right password changes whatever follows: the IP's claim released, an upgraded hash."""
+        assert check.user is not None
+        if check.ip_claim is not None:  # the right password is not a failure of this IP
+            await queries.release_ip_attempt(tx, check.ip_claim)
+        if (
+            check.upgraded_hash is not None
+            and check.stored_hash is not None
+            and await queries.replace_hash(tx, check.user.id, check.stored_hash, check.upgraded_hash, now)
+        ):
+            old = self._passwords.identify(check.stored_hash)
+            await self._audit.record(
+                "password.upgraded",
+                tx=tx,
+                subject_user_id=check.user.id,
+                username=check.username,
+                details={
+                    "from": old.algorithm if old else "unknown",
+                    "to": self._passwords.hasher.algorithm,
+                },
+            )
+
+    async def complete_password_step(self, tx: Executor, check: CredentialCheck) -> None:
+        """Record a right password of an account with a second factor, in ``tx``: the IP's claim
+        released, an upgraded hash stored and this attempt's claim on the lock given back — but the
+        failure count is *not* reset and nothing says "logged in" (no last login, no device):
+        that is :meth:`complete_login`'s, after the second factor. Resetting here would give
+        whoever knows the password a fresh set of second-factor guesses at every login."""
+        if not check or check.user is None:
+            raise ValueError("complete_password_step needs a successful CredentialCheck")
+        await self._record_right_password(tx, check, self._clock.now())
+        if check.device_hash is not None:
+            await queries.release_device_attempt(tx, check.device_hash)
+        else:
+            await queries.release_user_attempt(tx, check.user.id)
+
+    async def claim_second_factor(self, tx: Executor, user_id: int, device_hash: bytes | None) -> Row | None:
+        """Claim a place below the lock threshold for a second-factor attempt, exactly as a password
+        attempt does (the device's own lock with the device cookie the password came with, else the
+        account's); None while that lock holds."""
+        return await self._claim_attempt(tx, user_id, device_hash, self._clock.now())
+
+    async def second_factor_failed(
+        self,
+        tx: Executor,
+        username: str,
+        user_id: int,
+        ctx: RequestContext,
+        claim: Row,
+        *,
+        device: bool,
+        factor: str,
+    ) -> float | None:
+        """A wrong second factor (counted by its claim already), in ``tx``: audited ``login.failed``
+        with reason ``invalid_second_factor``, and ``account.locked`` when it set the lock. The
+        account's lock end when this attempt locked the account (not a device), else None."""
+        await self._audit.record(
+            "login.failed",
+            outcome="failure",
+            tx=tx,
+            subject_user_id=user_id,
+            username=username,
+            client=ctx,
+            details={"reason": "invalid_second_factor", "factor": factor, "device": device},
+        )
+        locked = await self._audit_lock(tx, username, user_id, ctx, claim, device=device)
+        return float(claim["locked_until"]) if locked and not device else None
+
+    async def release_second_factor_claim(self, tx: Executor, user_id: int) -> None:
+        """Give back a second-factor attempt's claim that proved right without a login (a reset)."""
+        await queries.release_user_attempt(tx, user_id)
+
+    async def second_factor_locked(
+        self, username: str, user_id: int, ctx: RequestContext, *, device: bool
+    ) -> None:
+        """A second-factor attempt refused unchecked, the account (or device) being locked:
+        audited as a locked login is (coalesced per source)."""
+        await self._record_refusal(LoginFailure.LOCKED, username, user_id, ctx, device=device)
 
     async def logged_in_user(self, tx: Executor, check: CredentialCheck) -> User:
         """The account of a login :meth:`complete_login` just recorded in ``tx``: as the check

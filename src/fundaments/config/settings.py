@@ -216,6 +216,12 @@ class Settings(BaseSettings):
     reset_request_seconds: float = Field(default=0.25, ge=0.0, le=10.0)
     notify_new_device_login: bool = False  # mail the owner when a login comes from a new device
 
+    # --- multi-factor authentication (docs/mfa.md) ------------------------------------------------
+    mfa_issuer: str | None = Field(default=None, min_length=1, max_length=100)  # None: APP_NAME
+    mfa_token_ttl: int = Field(default=300, ge=30, le=1800)  # seconds between password and second factor
+    mfa_challenge_attempts: int = Field(default=5, ge=1, le=20)  # codes one mfa_token may try
+    mfa_enrolment_ttl: int = Field(default=900, ge=60, le=86_400)  # seconds to confirm a new TOTP secret
+
     # --- access control -------------------------------------------------------------------------
     rbac_default_roles: bool = True  # first start creates `admin` (*) and `member` (nothing)
     rbac_refresh_seconds: float = Field(default=0.5, ge=0.05, le=60)  # poll for changes by other instances

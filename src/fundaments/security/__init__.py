@@ -19,10 +19,12 @@ from fundaments.models import (
     AuditEvent,
     LoginFailure,
     LoginResult,
+    MfaStatus,
     RateLimitDecision,
     RequestContext,
     Role,
     Session,
+    TotpEnrolment,
     User,
 )
 from fundaments.ratelimit import Rate, parse_rate
@@ -36,6 +38,7 @@ from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
 from fundaments.security.limits import LimitsPart
 from fundaments.security.mail import MailPart
+from fundaments.security.mfa import MfaPart
 from fundaments.security.recovery import RecoveryPart
 from fundaments.security.sessions import MAX_SESSION_ID, SessionsPart
 from fundaments.store.reencrypt import ReencryptReport
@@ -56,6 +59,7 @@ __all__ = [
     "LoginFailure",
     "LoginResult",
     "MailStatus",
+    "MfaStatus",
     "Rate",
     "RateLimitDecision",
     "ReencryptReport",
@@ -63,6 +67,7 @@ __all__ = [
     "Role",
     "Security",
     "Session",
+    "TotpEnrolment",
     "User",
     "parse_rate",
 ]
@@ -71,6 +76,7 @@ __all__ = [
 class Security(
     AccountsPart,
     AdministrationPart,
+    MfaPart,  # before RecoveryPart: its _reset_second_factor is the one a reset calls
     RecoveryPart,
     SessionsPart,
     AccessPart,

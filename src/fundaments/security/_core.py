@@ -19,12 +19,13 @@ from fundaments.config import Settings
 from fundaments.encryption import EncryptionService
 from fundaments.errors import InvalidArgument, ServiceUnavailable
 from fundaments.mail import Mailer
-from fundaments.models import RequestContext
+from fundaments.mfa import MfaService
+from fundaments.models import LoginResult, RequestContext
 from fundaments.ratelimit import RateLimiter
 from fundaments.security import notices
 from fundaments.sessions import SessionManager
 from fundaments.store import Database, Executor, Transaction
-from fundaments.user_handler import UserHandler
+from fundaments.user_handler import CredentialCheck, UserHandler
 
 CORE_SERVICES = ("user_handler", "sessions", "access_control")
 
@@ -72,6 +73,7 @@ class SecurityCore:
         self._tokens: AccountTokens | None = services.get("account_tokens")
         self._api_keys: ApiKeys | None = services.get("api_keys")
         self._rate_limiter: RateLimiter | None = services.get("rate_limiter")  # optional: not a core service
+        self._mfa: MfaService | None = services.get("mfa")
 
     @property
     def settings(self) -> Settings | None:
@@ -133,6 +135,13 @@ class SecurityCore:
         if self._api_keys is not None:
             self._api_keys.invalidate_cache()
 
+    def _require_mfa(self) -> MfaService:
+        if self._mfa is None:
+            raise ServiceUnavailable(
+                "multi-factor authentication is not running: build Security with initialize_fundaments()"
+            )
+        return self._mfa
+
     def _now(self) -> float:
         return self._require_tokens().now()
 
@@ -152,3 +161,38 @@ class SecurityCore:
             self._settings, user.username, self._now(), ip, by_administrator=by_administrator
         )
         await self._notify(tx, user.email, notice)
+
+    async def _finish_login(
+        self, tx: Executor, check: CredentialCheck, ctx: RequestContext, *, second_factor: str | None = None
+    ) -> LoginResult:
+        """The end of every login chain, in ``tx``, once each factor passed: counters reset, hash
+        upgrade, device cookie, a new session bound to the client (never one from before:
+        fixation), the new-device notice and ``login.succeeded`` (with the second factor used)."""
+        assert check.user is not None
+        device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
+        session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
+        settings = self._require_settings()
+        if (
+            settings.notify_new_device_login
+            and check.device_hash is None
+            and check.devices
+            and check.user.email
+        ):
+            notice = notices.new_device_login(settings, check.user.username, self._now(), ctx.ip_address)
+            await self._notify(tx, check.user.email, notice)
+        details: dict[str, object] = {"hash_upgraded": check.upgraded_hash is not None}
+        if second_factor is not None:
+            details["second_factor"] = second_factor
+        await self._require_audit().record(
+            "login.succeeded",
+            tx=tx,
+            actor_user_id=check.user.id,
+            subject_user_id=check.user.id,
+            username=check.user.username,
+            ip_address=ctx.ip_address,
+            user_agent=ctx.user_agent,
+            session_id=session.id,
+            details=details,
+        )
+        user = await self._users.logged_in_user(tx, check)  # with its roles and this login
+        return LoginResult(user=user, session=session, device_token=device_token)

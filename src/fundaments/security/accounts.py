@@ -7,9 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 from fundaments.errors import AuthenticationError, InvalidArgument, PasswordPolicyError, UnknownUserError
-from fundaments.models import LoginResult, RequestContext, Session, User
+from fundaments.models import LoginFailure, LoginResult, RequestContext, Session, User
 from fundaments.security import notices
 from fundaments.security._core import SecurityCore, optional_user_id, user_id_argument
+from fundaments.sessions import normalize_ip
 
 
 class AccountsPart(SecurityCore):
@@ -106,6 +107,10 @@ class AccountsPart(SecurityCore):
         (LOCKED, THROTTLED, INVALID_CREDENTIALS, DISABLED, BUSY): for the application and the
         audit trail; show the user one generic message. Raises ValueError for malformed
         ``request_data``.
+
+        For an account with a second factor a right password gives a falsy result with
+        ``reason=MFA_REQUIRED`` and ``mfa_token``: no session exists yet; finish with
+        :meth:`verify_mfa` from the same client within ``MFA_TOKEN_TTL`` (docs/mfa.md).
         """
         ctx = RequestContext.coerce(request_data)
         check = await self._users.authenticate(username, password, ctx)  # throttle, lock, verify
@@ -122,31 +127,24 @@ class AccountsPart(SecurityCore):
                     await self._notify(tx, check.user.email, notice)
             return LoginResult(reason=check.reason)
         assert check.user is not None
+        mfa = self._mfa
         async with self._transaction() as tx:  # everything a success changes, or nothing
-            device_token = await self._users.complete_login(tx, check, ctx)  # counters, hash upgrade
-            session = await self._sessions.create(tx, check.user, ctx)  # new token, binding
-            settings = self._require_settings()
-            if (
-                settings.notify_new_device_login
-                and check.device_hash is None
-                and check.devices
-                and check.user.email
-            ):
-                notice = notices.new_device_login(settings, check.user.username, self._now(), ctx.ip_address)
-                await self._notify(tx, check.user.email, notice)
-            await self._require_audit().record(
-                "login.succeeded",
-                tx=tx,
-                actor_user_id=check.user.id,
-                subject_user_id=check.user.id,
-                username=check.user.username,
-                ip_address=ctx.ip_address,
-                user_agent=ctx.user_agent,
-                session_id=session.id,
-                details={"hash_upgraded": check.upgraded_hash is not None},
-            )
-            user = await self._users.logged_in_user(tx, check)  # with its roles and this login
-        return LoginResult(user=user, session=session, device_token=device_token)
+            if mfa is not None and await mfa.enrolled(tx, check.user.id):
+                # The password was right and that is all: no session, no cookie, no last login.
+                await self._users.complete_password_step(tx, check)  # hash upgrade; counters kept
+                client = RequestContext(normalize_ip(ctx.ip_address), ctx.user_agent)
+                token = await mfa.open_challenge(tx, check.user.id, client, check.device_hash, check.devices)
+                await self._require_audit().record(
+                    "login.mfa_required",
+                    tx=tx,
+                    subject_user_id=check.user.id,
+                    username=check.user.username,
+                    ip_address=ctx.ip_address,
+                    user_agent=ctx.user_agent,
+                    details={"hash_upgraded": check.upgraded_hash is not None},
+                )
+                return LoginResult(reason=LoginFailure.MFA_REQUIRED, mfa_token=token)
+            return await self._finish_login(tx, check, ctx)
 
     async def change_password(
         self,

@@ -134,6 +134,39 @@ def new_device_login(settings: Settings, username: str, when: float, ip: str | N
     )
 
 
+def second_factor_changed(
+    settings: Settings, username: str, what: str, when: float, *, by_administrator: bool = False
+) -> Notice:
+    """``what``: ``enabled``, ``disabled`` (TOTP) or ``recovery_codes`` (a new set)."""
+    texts = {
+        "enabled": ("two-factor sign-in was turned on", "An authenticator app was set up for your account"),
+        "disabled": (
+            "two-factor sign-in was turned off",
+            "An administrator turned off two-factor sign-in for your account"
+            if by_administrator
+            else "Two-factor sign-in was turned off for your account",
+        ),
+        "recovery_codes": (
+            "new recovery codes",
+            "New recovery codes were made for your account (the earlier ones no longer work)",
+        ),
+    }
+    subject, text = texts[what]
+    return _security(settings, f"mfa_{what}", subject, username, text, when, None)
+
+
+def recovery_code_used(settings: Settings, username: str, left: int, when: float, ip: str | None) -> Notice:
+    return _security(
+        settings,
+        "recovery_code_used",
+        "a recovery code was used",
+        username,
+        f"A recovery code was used to sign in to your account ({left} left)",
+        when,
+        ip,
+    )
+
+
 def _mask(address: str) -> str:
     """``a***@example.com``: enough for the owner to recognise, little for anyone else."""
     local, _, domain = address.rpartition("@")

@@ -101,8 +101,10 @@ class RecoveryPart(SecurityCore):
         gets a "your password was changed" notice. AuthenticationError for a token that is not
         (or no longer) valid; PasswordPolicyError leaves the token usable for another try.
 
-        ``second_factor``: the hook for multi-factor accounts (a reset must not bypass MFA, ASVS
-        6.4.3): :meth:`_reset_second_factor` checks it once MFA exists.
+        ``second_factor``: for an account with a second factor, a current TOTP code or an unused
+        recovery code (a reset must not bypass MFA, ASVS 6.4.3); without it, or wrong, the reset
+        is refused with AuthenticationError and the link stays usable. It counts toward the
+        account's lock as at login. The second factor stays on after the reset.
         """
         ctx = RequestContext.coerce(request_data)
         tokens = self._require_tokens()
@@ -111,8 +113,9 @@ class RecoveryPart(SecurityCore):
             await self._reset_refused(ctx)
             raise AuthenticationError(INVALID_LINK)
         user_id = int(account["id"])
-        await self._reset_second_factor(user_id, second_factor)
         encoded = await self._users.prepare_password(new_password, username=account["username"])
+        # After the policy: a refused password must not have spent the code.
+        await self._reset_second_factor(user_id, second_factor, ctx)
         async with self._transaction() as tx:
             if await tokens.spend(tx, token, PASSWORD_RESET) != user_id:  # spent, or changed, meanwhile
                 spent = False
@@ -137,9 +140,9 @@ class RecoveryPart(SecurityCore):
         page can say at once that a link is dead instead of after the new password was typed."""
         return await self._require_tokens().check(token, PASSWORD_RESET) is not None
 
-    async def _reset_second_factor(self, user_id: int, second_factor: str | None) -> None:
-        """Where a reset proves the second factor (issue: multi-factor authentication). No factor
-        exists yet, so there is nothing to check; tests/test_recovery.py holds the test to enable."""
+    async def _reset_second_factor(self, user_id: int, code: object, ctx: RequestContext) -> None:
+        """Where a reset proves the second factor (ASVS 6.4.3). A no-op here: MfaPart, before this
+        part among Security's bases, answers with the check (fundaments.security.mfa)."""
 
     async def _reset_refused(self, ctx: RequestContext) -> None:
         await self._require_audit().record_coalesced(

@@ -271,3 +271,48 @@ rate_limits = Table(  # GCRA: one theoretical arrival time per key (fundaments.r
     Column("key", String(255), primary_key=True),
     Column("tat", BigInteger, nullable=False),  # microseconds since the epoch: exact integer arithmetic
 )
+
+
+# --- multi-factor authentication (issue: multi-factor authentication; revision 0008) --------------
+# One table per kind of factor (passkeys get theirs), one for the login step between password and
+# second factor. Every row goes with its account (ON DELETE CASCADE).
+mfa_totp = Table(
+    f"{PREFIX}mfa_totp",
+    metadata,
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), primary_key=True),
+    # AEAD envelopes (encrypt_data) of the base32 secret under the context in secret_context
+    # ("user:<id>:totp"): `fundaments keys reencrypt --context-column secret_context` rotates them.
+    Column("secret", Text, nullable=True),  # the confirmed secret; NULL: TOTP off
+    Column("pending_secret", Text, nullable=True),  # enrolled, not yet confirmed with a code
+    Column("pending_until", Timestamp, nullable=True),
+    Column("secret_context", String(64), nullable=False),
+    # The last time step (Unix time // 30) a code was accepted for: only a later one is accepted.
+    Column("last_step", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", Timestamp, nullable=False),
+    Column("confirmed_at", Timestamp, nullable=True),
+)
+
+mfa_recovery_codes = Table(  # single-use look-up secrets, as HMAC-SHA256 under a server-held key
+    f"{PREFIX}mfa_recovery_codes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), nullable=False, index=True),
+    Column("code_hash", LargeBinary(32), nullable=False),
+    Column("key_id", String(32), nullable=False),  # which master key's purpose key made code_hash
+    Column("created_at", Timestamp, nullable=False),
+)
+
+mfa_challenges = Table(  # a login whose password was right, waiting for its second factor
+    f"{PREFIX}mfa_challenges",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),  # SHA-256 of the mfa_token; never the token
+    Column("user_id", Id, ForeignKey(users.c.id, ondelete="CASCADE"), nullable=False, index=True),
+    Column("ip_address", String(64), nullable=False),  # the client it is bound to, as a session is
+    Column("user_agent", String(512), nullable=False),
+    Column("device_hash", LargeBinary(32), nullable=True),  # the live device cookie the password came with
+    Column("devices", Integer, nullable=False, server_default="0"),  # the account's devices then
+    Column("attempts_left", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+)
+Index(f"ix_{PREFIX}mfa_challenges_expires_at", mfa_challenges.c.expires_at)

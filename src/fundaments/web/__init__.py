@@ -20,6 +20,7 @@ from fundaments.web.auth import (
     permission_required,
     require_permission,
     use_rotated_session,
+    verify_mfa,
 )
 from fundaments.web.errors import Refused
 from fundaments.web.install import Installation, get_security, install
@@ -73,4 +74,5 @@ __all__ = [
     "rate_limited",
     "require_permission",
     "use_rotated_session",
+    "verify_mfa",
 ]

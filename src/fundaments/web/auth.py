@@ -46,16 +46,34 @@ async def login(request: HTTPConnection, username: str, password: str, *, cookie
     """
     ctx = get_context(request)
     result = await ctx.security.user_login(username, password, ctx.request_context)
-    if result:
-        assert result.session is not None and result.session.token is not None
-        previous = ctx.token
-        if previous is not None and ctx.auth == "cookie":
-            await ctx.security.user_logout(previous)
-        ctx.start_session(result.session.token, result.user, result.session, cookie=cookie)
-        request.scope["user"] = result.user
-        if result.device_token and cookie:
-            ctx.set_device_token(result.device_token)
+    await _start_session(request, result, cookie=cookie)
     return result
+
+
+async def verify_mfa(
+    request: HTTPConnection, mfa_token: str, code: str, *, cookie: bool = True
+) -> LoginResult:
+    """Finish a login that answered ``MFA_REQUIRED`` with the second factor's ``code``, from this
+    request's client (the one the password came from: the mfa_token is bound to it). On success
+    exactly what :func:`login` does on success: the cookies, the authenticated request, fixation."""
+    ctx = get_context(request)
+    result = await ctx.security.verify_mfa(mfa_token, code, ctx.request_context)
+    await _start_session(request, result, cookie=cookie)
+    return result
+
+
+async def _start_session(request: HTTPConnection, result: LoginResult, *, cookie: bool) -> None:
+    if not result:
+        return
+    ctx = get_context(request)
+    assert result.session is not None and result.session.token is not None
+    previous = ctx.token
+    if previous is not None and ctx.auth == "cookie":
+        await ctx.security.user_logout(previous)
+    ctx.start_session(result.session.token, result.user, result.session, cookie=cookie)
+    request.scope["user"] = result.user
+    if result.device_token and cookie:
+        ctx.set_device_token(result.device_token)
 
 
 async def logout(request: HTTPConnection) -> bool:

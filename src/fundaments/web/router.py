@@ -5,6 +5,8 @@
 =====================================  ==========================================================
 ``POST /login``                        ``{"username", "password"}`` (JSON or form) -> ``{"token",
                                        "token_type", "user", "expires_at", "csrf_token"}`` + cookie
+``POST /login/mfa``                    ``{"mfa_token", "code"}``: the second step when ``/login``
+                                       answered 401 ``mfa_required``; the same answer as ``/login``
 ``POST /logout``                       ends this request's session
 ``POST /register``                     off unless ``auth_router(registration=True)``
 ``GET /me``                            the signed-in account
@@ -29,6 +31,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from fundaments.emails import normalize_email
@@ -37,10 +40,11 @@ from fundaments.errors import (
     InvalidEmailError,
     InvalidUsernameError,
     PasswordPolicyError,
+    SecondFactorRequired,
     UserExistsError,
 )
-from fundaments.security import LoginFailure, Session, User
-from fundaments.web.auth import current_user, login, logout, use_rotated_session
+from fundaments.security import LoginFailure, LoginResult, Session, User
+from fundaments.web.auth import current_user, login, logout, use_rotated_session, verify_mfa
 from fundaments.web.errors import Refused
 from fundaments.web.install import OPEN_ROUTES
 from fundaments.web.middleware import SERVICE_BUSY, browser_like, csrf_token_for, get_context
@@ -60,6 +64,26 @@ class LoginBody(BaseModel):
     password: str = Field(min_length=1, max_length=MAX_FIELD)
 
 
+class MfaBody(BaseModel):
+    mfa_token: str = Field(min_length=1, max_length=MAX_FIELD)
+    code: str = Field(min_length=1, max_length=MAX_FIELD)
+
+
+class MfaRequiredOut(BaseModel):
+    """/login's answer (401) for an account with a second factor: send the code to /login/mfa."""
+
+    detail: str
+    code: str = "mfa_required"
+    mfa_token: str
+    expires_in: int  # seconds
+
+
+class MfaFailedOut(BaseModel):
+    detail: str
+    code: str  # mfa_code_wrong (retry true: the same mfa_token may try again) | mfa_token_invalid
+    retry: bool
+
+
 class RegisterBody(LoginBody):
     email: str | None = Field(default=None, max_length=MAX_FIELD)
 
@@ -76,6 +100,7 @@ class ResetRequestBody(BaseModel):
 class ResetConfirmBody(BaseModel):
     token: str = Field(min_length=1, max_length=MAX_FIELD)
     new_password: str = Field(min_length=1, max_length=MAX_FIELD)
+    second_factor: str | None = Field(default=None, max_length=MAX_FIELD)  # accounts with TOTP
 
 
 class TokenBody(BaseModel):
@@ -222,12 +247,57 @@ def auth_router(
         response_model=LoginOut,
         summary="Log in with a username (or email) and password",
         openapi_extra=_body_doc(LoginBody, form=True),
-        responses=_refusals(401, 403, 413, 422, 429, 503),
+        responses={
+            **_refusals(401, 403, 413, 422, 429, 503),
+            401: {
+                "model": MfaRequiredOut | RefusalOut,
+                "description": "Wrong credentials (code login_failed), or the password was right and the "
+                "account has a second factor (code mfa_required, with the mfa_token for POST /login/mfa)",
+            },
+        },
     )
-    async def login_endpoint(request: Request) -> LoginOut:
+    async def login_endpoint(request: Request) -> LoginOut | JSONResponse:
         body = await _body(request, LoginBody)
         # A browser gets the session cookie; a script (no Origin, Referer or cookie) only the token.
         result = await login(request, body.username, body.password, cookie=browser_like(request.headers))
+        if result.reason is LoginFailure.MFA_REQUIRED and result.mfa_token is not None:
+            # 401: not signed in yet. A distinct code, so a client asks for the code instead of
+            # saying "wrong password"; no cookie and no session exist at this point.
+            security = get_context(request).security
+            answer = MfaRequiredOut(
+                detail="The password is right; send a code of the second factor to /login/mfa.",
+                mfa_token=result.mfa_token,
+                expires_in=security.mfa_token_ttl,
+            )
+            return JSONResponse(answer.model_dump(), status_code=401)
+        return _login_out(result)
+
+    @router.post(
+        "/login/mfa",
+        response_model=LoginOut,
+        summary="Finish a login with a TOTP code or a recovery code",
+        openapi_extra=_body_doc(MfaBody, form=True),
+        responses={
+            **_refusals(403, 413, 422, 503),
+            401: {"model": MfaFailedOut, "description": "A wrong code, or an mfa_token no longer valid"},
+        },
+    )
+    async def login_mfa_endpoint(request: Request) -> LoginOut | JSONResponse:
+        body = await _body(request, MfaBody)
+        result = await verify_mfa(request, body.mfa_token, body.code, cookie=browser_like(request.headers))
+        if not result:
+            retry = result.mfa_token is not None
+            failed = MfaFailedOut(
+                detail="The code is not right; try the current one."
+                if retry
+                else "This sign-in is over (used, expired, too many tries or locked): log in again.",
+                code="mfa_code_wrong" if retry else "mfa_token_invalid",
+                retry=retry,
+            )
+            return JSONResponse(failed.model_dump(), status_code=401)
+        return _login_out(result)
+
+    def _login_out(result: LoginResult) -> LoginOut:
         if not result:
             if result.reason is LoginFailure.THROTTLED:
                 raise Refused(
@@ -382,9 +452,15 @@ def auth_router(
         body = await _body(request, ResetConfirmBody)
         ctx = get_context(request)
         try:
-            user = await ctx.security.reset_password(body.token, body.new_password, ctx.request_context)
+            user = await ctx.security.reset_password(
+                body.token, body.new_password, ctx.request_context, second_factor=body.second_factor
+            )
         except PasswordPolicyError as exc:
             raise Refused(422, "password_policy", str(exc)) from None
+        except SecondFactorRequired:
+            raise Refused(
+                401, "second_factor_required", "This account has two-factor sign-in: send second_factor."
+            ) from None
         except AuthenticationError:
             raise Refused(400, "invalid_link", INVALID_LINK) from None
         return user_out(user)
