@@ -119,6 +119,7 @@ def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
         Route("/health", health),
         Route("/login", console.login_page, methods=["GET"]),
         Route("/login", console.login_submit, methods=["POST"]),
+        Route("/login/code", console.login_code_submit, methods=["POST"]),
         Route("/logout", console.logout_submit, methods=["POST"]),
         Route("/password", console.password_page, methods=["GET"]),
         Route("/password", console.password_submit, methods=["POST"]),

@@ -33,7 +33,15 @@ from fundaments.errors import (
     ServiceUnavailable,
 )
 from fundaments.security import API_KEYS_ADMIN_PERMISSION, LoginFailure, Security, User
-from fundaments.web import authenticated_user, csrf_token, get_context, login, logout, use_rotated_session
+from fundaments.web import (
+    authenticated_user,
+    csrf_token,
+    get_context,
+    login,
+    logout,
+    use_rotated_session,
+    verify_mfa,
+)
 
 log = logging.getLogger("app")
 
@@ -62,6 +70,9 @@ def refuse_nul(value: str, name: str) -> str:
 HERE = Path(__file__).parent
 LOGIN_FAILED = "Invalid username or password."  # every failure reason, a locked account included
 PASSWORDS_DIFFER = "The two new passwords do not match."
+CODE_WRONG = "The code is not correct (or was used already); type the current one."  # every reason
+MAX_CODE = 64  # a TOTP code is 6 digits, a recovery code 19 characters with its dashes
+MAX_MFA_TOKEN = 128  # secrets.token_urlsafe(32): 43 characters
 NOTHING_DELETED = "There is no secret by that name; nothing was deleted."
 REPLACE_HINT = "To replace it, tick “Replace the stored secret of that name” and store it again."
 
@@ -91,6 +102,7 @@ MESSAGES = {
     "password_set": "The password was set and every session of the account ended.",
     "user_session_ended": "The session was signed out.",
     "logged_out": "You are signed out.",
+    "sign_in_again": "The sign-in expired or had too many wrong codes; sign in again.",
     # Nothing changed: said as such, never as a success (issue 14).
     "no_other_sessions": "There was no other session to sign out.",
     "user_already_disabled": "The account was already disabled; nothing changed.",
@@ -238,9 +250,39 @@ class Console:
             log.info("login refused (%s)", result.reason.name if result.reason else "unknown")
             if result.reason is LoginFailure.BUSY:  # the hashing pool is full: no account was checked
                 return await self._busy(request, 503, "Busy", "The server is busy; try again shortly.", 5)
+            if result.reason is LoginFailure.MFA_REQUIRED and result.mfa_token is not None:
+                return await self._code_page(request, result.mfa_token)
             return await self.render(request, "login.html", 401, error=LOGIN_FAILED, username=username)
-        assert result.user is not None
-        return RedirectResponse("/password" if result.user.must_change_password else "/dashboard", 303)
+        return self._signed_in_redirect(result.user)
+
+    @staticmethod
+    def _signed_in_redirect(user: User | None) -> Response:
+        assert user is not None
+        return RedirectResponse("/password" if user.must_change_password else "/dashboard", 303)
+
+    async def _code_page(
+        self, request: Request, mfa_token: str, status: int = 200, **values: Any
+    ) -> Response:
+        """The second step: the right password was given, the account has a second factor. The
+        mfa_token travels only in this page's POST form (never a URL or a cookie), not stored."""
+        page = await self.render(request, "login_code.html", status, mfa_token=mfa_token, **values)
+        page.headers["cache-control"] = "no-store"  # an anonymous page: the middleware would not add it
+        return page
+
+    async def login_code_submit(self, request: Request) -> Response:
+        """POST /login/code: the code of the second factor (TOTP or a recovery code). A wrong code
+        shows the page again while the mfa_token may try again; an mfa_token that is over (expired,
+        used, out of attempts, the account locked, another client) goes back to the login page."""
+        form = await request.form()
+        mfa_token = _field(form, "mfa_token", MAX_MFA_TOKEN)
+        code = _field(form, "code", MAX_CODE)
+        result = await verify_mfa(request, mfa_token, code) if mfa_token else None
+        if result:
+            return self._signed_in_redirect(result.user)
+        log.info("second factor refused (%s)", result.reason.name if result and result.reason else "no token")
+        if result is not None and result.mfa_token is not None:
+            return await self._code_page(request, result.mfa_token, 401, error=CODE_WRONG)
+        return RedirectResponse("/login?m=sign_in_again", 303)
 
     async def logout_submit(self, request: Request) -> Response:
         await logout(request)
