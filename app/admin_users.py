@@ -50,6 +50,7 @@ class UserPages:
             target=target,
             target_roles=await security.user_roles(target.id),
             sessions=await security.list_sessions(target.id),
+            mfa=await security.mfa_status(target.id),
             is_self=target.id == actor.id,
             error=error,
         )

@@ -31,6 +31,7 @@ from app.admin_roles import RolePages
 from app.admin_users import UserPages
 from app.api_key_pages import ApiKeyPages
 from app.console import HERE, Console, Redirect
+from app.mfa_pages import MfaPages
 from app.recovery_pages import RecoveryPages, hide_link_tokens
 from app.secrets_store import SecretStore
 from fundaments.bootstrap import Fundaments
@@ -135,6 +136,7 @@ def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
         Route("/admin/users", console.users_page, methods=["GET"]),
         Route("/admin/users", console.users_create, methods=["POST"]),
         Route("/admin/users/{user_id:int}", users.detail, methods=["GET"]),
+        *MfaPages(console).routes(),  # /account/security…, /admin/users/<id>/mfa-reset (before <action>)
         Route("/admin/users/{user_id:int}/{action}", users.confirm_page, methods=["GET"]),
         Route("/admin/users/{user_id:int}/{action}", users.action, methods=["POST"]),
         Route("/admin/roles", roles.page, methods=["GET"]),

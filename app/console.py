@@ -102,6 +102,8 @@ MESSAGES = {
     "password_set": "The password was set and every session of the account ended.",
     "user_session_ended": "The session was signed out.",
     "logged_out": "You are signed out.",
+    "totp_disabled": "Two-factor sign-in is off; your recovery codes no longer work.",
+    "mfa_reset": "Two-factor sign-in of the account was turned off; its owner is told by mail.",
     "sign_in_again": "The sign-in expired or had too many wrong codes; sign in again.",
     # Nothing changed: said as such, never as a success (issue 14).
     "no_other_sessions": "There was no other session to sign out.",
@@ -110,6 +112,8 @@ MESSAGES = {
     "user_not_locked": "The account was not locked; nothing changed.",
     "role_already_held": "The account already had that role; nothing changed.",
     "role_not_held": "The account did not have that role; nothing changed.",
+    "totp_not_enabled": "Two-factor sign-in was not on; nothing changed.",
+    "mfa_not_enabled": "The account had no two-factor sign-in; nothing changed.",
 }
 UNCHANGED = frozenset(  # shown as a warning, not a success
     {
@@ -120,6 +124,8 @@ UNCHANGED = frozenset(  # shown as a warning, not a success
         "role_already_held",
         "role_not_held",
         "role_unchanged",
+        "totp_not_enabled",
+        "mfa_not_enabled",
     }
 )
 

@@ -149,7 +149,7 @@ async def test_the_mfa_token_alone_gives_no_access(
     token = hidden_token(page)
     thief = Browser(app)
     thief.http.cookies.set("__Host-session", token, domain="console.test")
-    for path in ("/dashboard", "/account", "/sessions"):
+    for path in ("/dashboard", "/account", "/sessions", "/account/security"):
         as_cookie = await thief.http.get(path)  # attack: the token as the session cookie
         assert as_cookie.status_code == 303 and as_cookie.headers["location"] == "/login", path
         as_bearer = await browser.http.get(path, headers={"authorization": f"Bearer {token}"})  # attack
@@ -180,3 +180,137 @@ async def test_the_code_form_needs_its_csrf_token(
     done = await browser.post("/login/code", mfa_token=token, code=code)  # the code was not spent
     assert done.url.path == "/dashboard"
     await browser.close()
+
+
+# --- the account's security page ------------------------------------------------------------------
+async def signed_in_bob(fundaments: Fundaments, app: object) -> Browser:
+    await fundaments.security.register_user("bob", BOB_PASSWORD, email="bob@example.com")
+    browser = Browser(app)
+    await browser.get("/login")
+    page = await browser.post("/login", username="bob", password=BOB_PASSWORD)
+    assert page.url.path == "/dashboard", page.text
+    return browser
+
+
+def shown_codes(page: httpx.Response) -> list[str]:
+    return re.findall(r'<code class="recovery-code">([0-9A-Z-]+)</code>', page.text)
+
+
+async def test_enrolment_shows_a_qr_svg_and_the_secret_then_the_codes_once(
+    fundaments: Fundaments, site: tuple[object, str], clock: ManualClock
+) -> None:
+    app, _ = site
+    bob = await signed_in_bob(fundaments, app)
+    page = await bob.get("/account/security")
+    assert 'href="/account/security"' in page.text and 'id="totp-state">off<' in page.text  # in the nav
+    begun = await bob.post("/account/security/totp")
+    assert begun.status_code == 200 and "location" not in begun.headers
+    assert begun.headers["cache-control"] == "no-store"
+    svg = re.search(r'<div class="qr-box" id="qr">(<svg .*?</svg>)</div>', begun.text, re.S)
+    assert svg and "style" not in svg.group(1) and "<script" not in svg.group(1)
+    csp = begun.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp  # the inline svg needs neither
+    secret = re.search(r'<code id="totp-secret">([A-Z2-7 ]+)</code>', begun.text)
+    assert secret, begun.text
+    generator = pyotp.TOTP(secret.group(1).replace(" ", ""))
+    assert generator.secret not in begun.text.replace(secret.group(0), "")  # not in a hidden field
+    wrong = await bob.post("/account/security/totp/confirm", code="000000")
+    assert wrong.status_code == 400 and "not correct" in wrong.text
+    assert not (await fundaments.security.mfa_status(2)).totp
+    done = await bob.post("/account/security/totp/confirm", code=generator.at(clock.now()))
+    assert done.status_code == 200 and "location" not in done.headers and done.url.path.endswith("/confirm")
+    codes = shown_codes(done)
+    assert len(codes) == 10 and done.headers["cache-control"] == "no-store"
+    assert 'id="totp-state">on<' in done.text and 'id="codes-left">10<' in done.text
+    later = await bob.get("/account/security")
+    assert not shown_codes(later) and all(code not in later.text for code in codes)  # shown once
+    status = await fundaments.security.mfa_status(2)
+    assert status.totp and status.recovery_codes_left == 10
+    await bob.close()
+
+
+async def test_regenerate_shows_a_new_set_and_the_old_one_dies(
+    fundaments: Fundaments, site: tuple[object, str], clock: ManualClock
+) -> None:
+    app, _ = site
+    bob = await signed_in_bob(fundaments, app)
+    off = await bob.post("/account/security/recovery-codes")
+    assert off.status_code == 400 and "enrol TOTP first" in off.text
+    generator = pyotp.TOTP((await fundaments.security.begin_totp_enrolment(2)).secret)
+    old = await fundaments.security.confirm_totp_enrolment(2, generator.at(clock.now()))
+    await bob.get("/account/security")
+    forged = await bob.http.post("/account/security/recovery-codes", headers={"origin": BASE})  # no csrf
+    assert forged.status_code == 403
+    new = await bob.post("/account/security/recovery-codes")
+    codes = shown_codes(new)
+    assert len(codes) == 10 and not set(codes) & set(old)
+    browser, page = await password_step(app)
+    refused = await browser.post("/login/code", mfa_token=hidden_token(page), code=old[0])
+    assert refused.status_code == 401  # a code of the old set
+    done = await browser.post("/login/code", mfa_token=hidden_token(refused), code=codes[0])
+    assert done.url.path == "/dashboard"
+    await browser.close()
+    await bob.close()
+
+
+async def test_disable_needs_the_confirmation_and_csrf(
+    fundaments: Fundaments, site: tuple[object, str], clock: ManualClock
+) -> None:
+    app, _ = site
+    bob = await signed_in_bob(fundaments, app)
+    generator = pyotp.TOTP((await fundaments.security.begin_totp_enrolment(2)).secret)
+    await fundaments.security.confirm_totp_enrolment(2, generator.at(clock.now()))
+    await bob.get("/account/security")
+    forged = await bob.http.post(  # attack: no csrf_token
+        "/account/security/totp/disable", data={"confirmed": "yes"}, headers={"origin": BASE}
+    )
+    assert forged.status_code == 403
+    unconfirmed = await bob.post("/account/security/totp/disable")  # no confirmed=yes: the page
+    assert (
+        unconfirmed.url.path == "/account/security/totp/disable" and 'id="confirmation"' in unconfirmed.text
+    )
+    assert (await fundaments.security.mfa_status(2)).totp
+    done = await bob.post("/account/security/totp/disable", confirmed="yes")
+    assert done.url.path == "/account/security" and "Two-factor sign-in is off" in done.text
+    assert not (await fundaments.security.mfa_status(2)).totp
+    again = await bob.post("/account/security/totp/disable", confirmed="yes")
+    assert "was not on; nothing changed" in again.text
+    await bob.close()
+
+
+# --- an administrator's reset -----------------------------------------------------------------------
+async def test_an_administrator_resets_mfa_with_the_permission_and_a_confirmation(
+    fundaments: Fundaments, site: tuple[object, str], clock: ManualClock
+) -> None:
+    app, password = site
+    bob = await signed_in_bob(fundaments, app)
+    generator = pyotp.TOTP((await fundaments.security.begin_totp_enrolment(2)).secret)
+    await fundaments.security.confirm_totp_enrolment(2, generator.at(clock.now()))
+    await fundaments.security.register_user("carol", BOB_PASSWORD, email="carol@example.com")
+    denied = await bob.post("/admin/users/3/mfa-reset", confirmed="yes")  # attack: no console:users
+    assert denied.status_code == 403
+    denied = await bob.get("/admin/users/2/mfa-reset")
+    assert denied.status_code == 403
+    admin = await signed_in_admin(app, password)
+    page = await admin.get("/admin/users/2")
+    assert 'id="mfa-state">TOTP on<' in page.text and "10 recovery code(s) left" in page.text
+    forged = await admin.http.post(  # attack: no csrf_token
+        "/admin/users/2/mfa-reset", data={"confirmed": "yes"}, headers={"origin": BASE}
+    )
+    assert forged.status_code == 403
+    asked = await admin.post("/admin/users/2/mfa-reset")  # no confirmed=yes: the confirmation page
+    assert 'id="confirmation"' in asked.text and (await fundaments.security.mfa_status(2)).totp
+    done = await admin.post("/admin/users/2/mfa-reset", confirmed="yes")
+    assert done.url.path == "/admin/users/2" and "was turned off" in done.text
+    assert not (await fundaments.security.mfa_status(2)).totp
+    assert 'id="mfa-state">off<' in done.text
+    events = await fundaments.security.audit_events(kind="mfa.totp_disabled")
+    assert [(e.actor_user_id, e.subject_user_id) for e in events] == [(1, 2)]
+    assert (await admin.post("/admin/users/3/mfa-reset", confirmed="yes")).status_code == 200
+    assert "had no two-factor sign-in" in (await admin.get("/admin/users/3?m=mfa_not_enabled")).text
+    assert (await admin.get("/admin/users/99/mfa-reset")).status_code == 404
+    browser, page = await password_step(app)  # bob signs in with the password alone again
+    assert page.url.path == "/dashboard"
+    await browser.close()
+    await admin.close()
+    await bob.close()
