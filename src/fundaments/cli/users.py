@@ -1,4 +1,5 @@
-"""``users show`` and ``users delete``: one account in full, and its removal (the rest: accounts.py)."""
+"""``users show``, ``users delete``, ``users mfa-status`` and ``users mfa-reset``: one account in
+full, its removal, its second factors and an operator's reset of them (the rest: accounts.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fundaments.cli.common import confirm, out, resolve_user, timestamp, users_app, with_security
+from fundaments.cli.common import (
+    CommandError,
+    confirm,
+    out,
+    resolve_user,
+    timestamp,
+    users_app,
+    with_security,
+)
 from fundaments.security import Security, User
 
 
@@ -85,5 +94,55 @@ def users_delete(
             confirm(f"Delete the account {account.username!r} for good?")
         await security.delete_user(account.id)
         out.print(f"deleted {escape(account.username)} (#{account.id}); {len(sessions)} session(s) ended")
+
+    with_security(work)
+
+
+@users_app.command("mfa-status")
+def users_mfa_status(user: str = typer.Argument(..., help="Username or id.")) -> None:
+    """The account's second factors: TOTP on or off, passkeys, recovery codes left."""
+
+    async def work(security: Security) -> None:
+        account = await resolve_user(security, user)
+        status = await security.mfa_status(account.id)
+        table = Table(show_header=False, box=None)
+        table.add_column(style="bold")
+        table.add_column()
+        for name, value in (
+            ("account", f"{escape(account.username)} (#{account.id})"),
+            ("totp", "on" if status.totp else "off"),
+            ("passkeys", str(status.passkeys)),
+            ("recovery codes left", str(status.recovery_codes_left)),
+        ):
+            table.add_row(name, value)
+        out.print(table)
+
+    with_security(work)
+
+
+@users_app.command("mfa-reset")
+def users_mfa_reset(
+    user: str = typer.Argument(..., help="Username or id."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Turn the account's TOTP off (a lost phone): its secret and recovery codes are removed and
+    signing in needs the password alone until it enrols again. Audited; the owner is told by mail."""
+
+    async def work(security: Security) -> None:
+        account = await resolve_user(security, user)
+        status = await security.mfa_status(account.id)
+        if not status.totp:
+            raise CommandError(
+                f"{account.username!r} has no two-factor sign-in (TOTP is off): nothing to reset"
+            )
+        out.print(
+            f"{escape(account.username)} (#{account.id}): TOTP on, "
+            f"{status.recovery_codes_left} recovery code(s) left"
+        )
+        if not yes:
+            confirm(f"Turn off two-factor sign-in of {account.username!r}?")
+        if not await security.disable_totp(account.id):  # turned off meanwhile
+            raise CommandError(f"{account.username!r} has no two-factor sign-in any more: nothing changed")
+        out.print(f"two-factor sign-in of {escape(account.username)} (#{account.id}) turned off")
 
     with_security(work)
