@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.console import PASSWORDS_DIFFER, Console, _field
+from app.console import MAX_CODE, PASSWORDS_DIFFER, Console, _field
 from fundaments.config import Settings
 from fundaments.emails import email_key_or_none
 from fundaments.errors import (
@@ -32,6 +32,7 @@ from fundaments.errors import (
     InvalidEmailError,
     PasswordPolicyError,
     RateLimited,
+    SecondFactorRequired,
     ServiceUnavailable,
 )
 from fundaments.web import authenticated_user, get_context
@@ -40,6 +41,10 @@ from fundaments.web.ratelimits import limit_per_ip, limit_per_target
 log = logging.getLogger("app")
 
 MAX_EMAIL = 320  # RFC 3696 errata: 64 + 1 + 255; longer text is no address
+CODE_FOR_RESET = (
+    "This account has two-factor sign-in: type a current code of your authenticator app (or a "
+    "recovery code) and the new password again."
+)
 MAX_TOKEN = 128  # fundaments' tokens are 43 characters; it refuses anything much longer
 # The shape of a link's token (base64url). Anything else in ?token= is a mangled link: say so at
 # once instead of copying arbitrary query text into the page.
@@ -185,7 +190,14 @@ class RecoveryPages:
         if new != _field(form, "confirm_password", self.max_length + 1):
             return await self._reset_form(request, token, 400, error=PASSWORDS_DIFFER)
         try:
-            user = await self.security.reset_password(token, new, get_context(request).request_context)
+            user = await self.security.reset_password(
+                token,
+                new,
+                get_context(request).request_context,
+                second_factor=_field(form, "second_factor", MAX_CODE).strip() or None,
+            )
+        except SecondFactorRequired:  # the account has TOTP (ASVS 6.4.3); the link stays usable
+            return await self._reset_form(request, token, 400, error=CODE_FOR_RESET)
         except AuthenticationError:  # used, replaced, expired or never issued: one answer
             log.info("password reset refused: the link is not valid")
             return await self._invalid_link(request, "reset")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import pyotp
 import pytest
 from starlette.routing import Route
 
@@ -177,6 +178,35 @@ async def test_forgot_password_mail_link_reset_then_only_the_new_password_works(
     assert signed_in.url.path == "/dashboard"
     await browser.close()
     await old.close()
+
+
+async def test_a_reset_of_an_account_with_totp_needs_its_code_and_keeps_it(
+    fundaments: Fundaments, app: object, mailbox: Mailbox, clock: ManualClock
+) -> None:
+    security = fundaments.security
+    clock.set((int(clock.now()) // 30) * 30 + 15)
+    user = await security.register_user("ann", PASSWORD, email=ANN)
+    generator = pyotp.TOTP((await security.begin_totp_enrolment(user.id)).secret)
+    await security.confirm_totp_enrolment(user.id, generator.at(clock.now()))
+    await mailbox.take(expect=1)  # the "two-factor sign-in enabled" notice
+    clock.advance(30)
+    browser = await ask_for_reset(app)
+    path, token = await mailbox.link(ANN, "/reset-password")
+    form = await browser.get(path)
+    assert 'name="second_factor"' in form.text
+    fields = {"token": token, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD}
+    bypass = await browser.post("/reset-password", **fields)  # attack: a reset around the second factor
+    assert bypass.status_code == 400 and "has two-factor sign-in" in bypass.text
+    assert hidden_token(bypass.text) == token  # the link stays usable
+    wrong = await browser.post("/reset-password", **fields, second_factor="000000")
+    assert wrong.status_code == 400 and hidden_token(wrong.text) == token
+    assert not await security.user_login("ann", NEW_PASSWORD, CLIENT)  # the password did not change
+    done = await browser.post("/reset-password", **fields, second_factor=generator.at(clock.now()))
+    assert done.url.path == "/reset-password/done", done.text
+    await browser.get("/login")
+    asked = await browser.post("/login", username="ann", password=NEW_PASSWORD)
+    assert 'action="/login/code"' in asked.text  # TOTP stays on after the reset
+    await browser.close()
 
 
 async def test_a_used_link_shows_how_to_get_a_new_one_and_changes_nothing(
