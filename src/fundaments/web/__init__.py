@@ -19,6 +19,8 @@ from fundaments.web.auth import (
     logout,
     permission_required,
     require_permission,
+    require_scope,
+    scope_required,
     use_rotated_session,
 )
 from fundaments.web.errors import Refused
@@ -67,5 +69,7 @@ __all__ = [
     "logout",
     "permission_required",
     "require_permission",
+    "require_scope",
+    "scope_required",
     "use_rotated_session",
 ]
