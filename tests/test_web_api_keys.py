@@ -475,3 +475,104 @@ async def test_the_token_never_reaches_the_logs(
         assert secret not in logged
     for event in await fundaments.security.audit_events(limit=200):
         assert token[10:] not in json.dumps(event.details)
+
+
+# --- rate limits -----------------------------------------------------------------------------------
+@asynccontextmanager
+async def limited(
+    make_settings: Callable[..., Settings], clock: ManualClock, **overrides: Any
+) -> AsyncIterator[tuple[Fundaments, httpx.AsyncClient]]:
+    f = await initialize_fundaments(
+        make_settings(rate_limit_backend="memory", **overrides), clock=clock, configure_logs=False
+    )
+    try:
+        async with served(build(fundaments=f)) as http:
+            yield f, http
+    finally:
+        await f.close()
+
+
+def assert_limited(response: httpx.Response, retry_after: int) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json()["code"] == "rate_limited"
+    assert response.headers["retry-after"] == str(retry_after)
+    assert "set-cookie" not in response.headers
+
+
+async def test_a_key_s_own_limit_answers_429_with_retry_after(
+    make_settings: Callable[..., Settings], clock: ManualClock
+) -> None:
+    async with limited(make_settings, clock) as (f, http):
+        owner = await make_owner(f.security)
+        token = await make_token(f.security, owner, rate_limit="3/minute")
+        other = await make_token(f.security, owner, name="other", rate_limit="3/minute")
+        for _ in range(3):
+            assert (await http.post("/v1/chat", headers=key(token))).status_code == 200
+        assert_limited(await http.post("/v1/chat", headers=key(token)), 20)  # one every 20 s
+        assert_limited(await http.get("/whoami", headers=bearer(token)), 20)  # every route: per key
+        assert (await http.post("/v1/chat", headers=key(other))).status_code == 200  # its own budget
+        clock.advance(20)
+        assert (await http.post("/v1/chat", headers=key(token))).status_code == 200
+        assert_limited(await http.post("/v1/chat", headers=key(token)), 20)
+        sent = await handshake(http._transport.app, key(token))  # type: ignore[attr-defined]
+        assert sent[0]["status"] == 429 and (b"retry-after", b"20") in sent[0]["headers"]
+
+
+async def test_attack_five_keys_do_not_give_five_times_the_owner_s_limit(
+    make_settings: Callable[..., Settings], clock: ManualClock
+) -> None:
+    async with limited(make_settings, clock, api_key_user_rate_limit="4/minute") as (f, http):
+        owner = await make_owner(f.security)
+        tokens = [await make_token(f.security, owner, name=f"k{i}", rate_limit="2/minute") for i in range(5)]
+        someone = await make_token(f.security, await make_owner(f.security, "someone"), name="s")
+        answers = [
+            (await http.post("/v1/chat", headers=key(t))).status_code for t in tokens for _ in range(2)
+        ]
+        assert answers.count(200) == 4 and answers.count(429) == 6
+        refused = await http.post("/v1/chat", headers=key(tokens[4]))
+        assert_limited(refused, 15)  # the owner's limit: one every 15 s
+        assert (await http.post("/v1/chat", headers=key(someone))).status_code == 200  # per owner
+        # All or nothing: the requests the owner's limit refused did not use up k2..k4's own limits.
+        clock.advance(60)
+        assert [(await http.post("/v1/chat", headers=key(t))).status_code for t in tokens[2:4] * 2] == [
+            200
+        ] * 4
+
+
+async def test_no_limit_configured_costs_no_decision(
+    make_settings: Callable[..., Settings], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with limited(make_settings, clock) as (f, http):
+        calls: list[object] = []
+        real = f.security.rate_limit_all
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(f.security, "rate_limit_all", counting)
+        owner = await make_owner(f.security)
+        token = await make_token(f.security, owner)
+        for _ in range(20):
+            assert (await http.post("/v1/chat", headers=key(token))).status_code == 200
+        assert calls == []
+        limited_token = await make_token(f.security, owner, name="limited", rate_limit="100/minute")
+        assert (await http.post("/v1/chat", headers=key(limited_token))).status_code == 200
+        assert len(calls) == 1  # one decision per request
+
+
+async def test_the_429_path_logs_and_audits_no_secret(
+    make_settings: Callable[..., Settings], clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with limited(make_settings, clock) as (f, http):
+        owner = await make_owner(f.security)
+        token = await make_token(f.security, owner, rate_limit="1/minute")
+        assert (await http.post("/v1/chat", headers=key(token))).status_code == 200
+        assert_limited(await http.post("/v1/chat", headers=bearer(token)), 60)
+        await f["audit"].close()
+        events = await f.security.audit_events(limit=200)
+    logged = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records)
+    assert "refused POST /v1/chat: rate_limited" in logged
+    assert token[10:] not in logged
+    assert all(token[10:] not in json.dumps(e.details) for e in events)

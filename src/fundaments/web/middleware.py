@@ -20,11 +20,12 @@ For each HTTP request it
    (``Authorization: Bearer fk_…`` or ``X-API-Key``) is checked with ``validate_api_key`` instead:
    its owner is the user, the key ``WebContext.api_key``; a key that is not a live one is refused
    (401 ``api_key_invalid``), a cookie beside a key is ignored, and no cookie or session is ever
-   issued on such a request;
-3. checks CSRF on unsafe methods not authenticated by a validated bearer token or API key: a same-origin ``Origin`` (or,
-   without one, ``Referer``) and a token, in the ``X-CSRF-Token`` header or the ``csrf_token``
-   form field, derived from the session token (or, before a session exists, the double-submit
-   value of the CSRF cookie). Failure: 403;
+   issued on such a request. Then a key with a ``rate_limit`` (or ``api_key_user_rate_limit``
+   set) is counted in one ``rate_limit_all`` decision: 429 with ``Retry-After`` when refused;
+3. checks CSRF on unsafe methods not authenticated by a validated bearer token or API key: a
+   same-origin ``Origin`` (or, without one, ``Referer``) and a token, in the ``X-CSRF-Token``
+   header or the ``csrf_token`` form field, derived from the session token (or, before a
+   session exists, the double-submit value of the CSRF cookie). Failure: 403;
 4. adds the security headers to every response (refusals and 500s included) and the cookies the
    request changed: a rotated session token, a cleared dead cookie, the cookies set by
    :func:`fundaments.web.login`; a ``Location`` pointing at the request's own host becomes relative;
@@ -349,6 +350,9 @@ class SecurityMiddleware:
         csp_by_path: Mapping[str, str] | None = None,
         permissions_policy: str = DEFAULT_PERMISSIONS_POLICY,
         hsts_max_age: int = 63_072_000,  # seconds (two years), sent over https only
+        # all of one owner's API keys together ("N/minute"), beside each key's own rate_limit;
+        # install() passes API_KEY_USER_RATE_LIMIT
+        api_key_user_rate_limit: str | None = None,
     ) -> None:
         self.app = app
         self.security = security
@@ -362,6 +366,7 @@ class SecurityMiddleware:
             413, BODY_TOO_LARGE.code, f"Request body too large: the limit is {self.max_body_bytes} bytes."
         )
         self.password_change_path = password_change_path
+        self.api_key_user_rate_limit = api_key_user_rate_limit
         self.password_change_paths = frozenset({password_change_path, *password_change_exempt_paths})
         hosts = [h.strip().lower() for h in allowed_hosts]
         hosts = [h[1:-1] if h.startswith("[") and h.endswith("]") else h for h in hosts]
@@ -568,6 +573,11 @@ class SecurityMiddleware:
             return receive, SESSION_INVALID
         if auth == "api_key" and ctx.auth != "api_key" and path not in self.csrf_exempt_paths:
             return receive, API_KEY_INVALID
+        key = ctx.api_key
+        if key is not None and (key.rate_limit is not None or self.api_key_user_rate_limit is not None):
+            refusal = await self._limit_api_key(ctx, key)
+            if refusal is not None:
+                return receive, refusal
         user = ctx.user
         if user is not None and user.must_change_password and path not in self.password_change_paths:
             return receive, PASSWORD_CHANGE_REQUIRED
@@ -680,6 +690,27 @@ class SecurityMiddleware:
             return
         ctx.user, ctx.api_key, ctx.auth = user, key, "api_key"
 
+    async def _limit_api_key(self, ctx: WebContext, key: ApiKey) -> Refusal | None:
+        """Count this request against the key's own limit and its owner's limit across all their
+        keys, in one all-or-nothing decision (a request refused by one uses up neither); the 429
+        refusal, or None. Both keys start ``user:<owner id>``: one Redis Cluster slot."""
+        owner = f"user:{key.user_id}"
+        checks: list[tuple[str, str]] = []
+        if key.rate_limit is not None:
+            checks.append((f"{owner}:apikey:{key.id}", key.rate_limit))
+        if self.api_key_user_rate_limit is not None:
+            checks.append((f"{owner}:apikeys", self.api_key_user_rate_limit))
+        if not checks:
+            return None
+        decisions = await self.security.rate_limit_all(checks)
+        if decisions[0].allowed:
+            return None
+        wait = max(decision.retry_after for decision in decisions)
+        seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else 86_400
+        ctx._extra_headers.append(("retry-after", str(seconds)))
+        detail = f"Too many requests with this API key; retry after {seconds} s."
+        return Refusal(RATE_LIMITED.status, RATE_LIMITED.code, detail)
+
     async def _user(self, user_id: int) -> User | None:
         now = time.monotonic()
         cached = self._users.get(user_id)
@@ -789,11 +820,13 @@ class SecurityMiddleware:
             refusal = SESSION_INVALID
         elif refusal is None and auth == "api_key" and ctx.auth != "api_key":
             refusal = API_KEY_INVALID
+        elif refusal is None and ctx.api_key is not None:
+            refusal = await self._limit_api_key(ctx, ctx.api_key)
         elif refusal is None and ctx.user is not None and ctx.user.must_change_password:
             refusal = PASSWORD_CHANGE_REQUIRED
         if refusal is not None:
             log.warning("refused WebSocket %s: %s", scope["path"], refusal.code)
-            extra = BEARER_CHALLENGE if refusal in UNAUTHENTICATED else ()
+            extra = BEARER_CHALLENGE if refusal in UNAUTHENTICATED else ctx._extra_headers  # Retry-After
             await self._deny_websocket(scope, send, refusal, extra)
             return
         scope["user"] = ctx.user
