@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -576,3 +580,26 @@ async def test_the_429_path_logs_and_audits_no_secret(
     assert "refused POST /v1/chat: rate_limited" in logged
     assert token[10:] not in logged
     assert all(token[10:] not in json.dumps(e.details) for e in events)
+
+
+# --- docs/web.md -----------------------------------------------------------------------------------
+def test_the_web_page_s_api_key_example_prints_what_the_page_shows(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    page = (repo / "docs" / "web.md").read_text()
+    after = page[page.index("<!-- web-api-keys-example") :]
+    code = re.search(r"```python\n(.*?)```", after, re.S)
+    expected = re.search(r"```text\n(.*?)```", after, re.S)
+    assert code and expected
+    script = tmp_path / "web_api_keys_example.py"
+    script.write_text(code.group(1))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MASTER_", "PERSISTENT_"))
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "src"), env.get("PYTHONPATH", "")])
+    env["FUNDAMENTS_ENV_FILE"] = str(tmp_path / "absent.env")
+    env["ARGON2_MEMORY_COST"], env["ARGON2_TIME_COST"] = "1024", "1"  # a test's cheap hashing
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected.group(1)
