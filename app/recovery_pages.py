@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.console import PASSWORDS_DIFFER, Console, _field
 from fundaments.config import Settings
+from fundaments.emails import email_key_or_none
 from fundaments.errors import (
     AuthenticationError,
     InvalidArgument,
@@ -34,6 +35,7 @@ from fundaments.errors import (
     ServiceUnavailable,
 )
 from fundaments.web import authenticated_user, get_context
+from fundaments.web.ratelimits import limit_per_ip, limit_per_target
 
 log = logging.getLogger("app")
 
@@ -132,6 +134,11 @@ class RecoveryPages:
         if not email or len(email) > MAX_EMAIL:
             return await self._page(request, "forgot_password.html", 400, error=NOT_AN_ADDRESS)
         try:
+            # auth_router's limits: per client IP, and per address asked for (account or not).
+            await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
+            key = email_key_or_none(email)
+            if key is not None:
+                await limit_per_target(request, "account-mail-address", key)
             # Known, unknown, disabled or throttled: the facade answers alike, after the same time.
             await self.security.request_password_reset(email, get_context(request).request_context)
         except InvalidEmailError:  # not an address at all: that says nothing about any account
@@ -239,6 +246,8 @@ class RecoveryPages:
         if fresh.email_verified:
             return RedirectResponse("/account?m=already_verified", 303)
         try:
+            await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
+            await limit_per_target(request, "account-mail-account", f"user:{user.id}")
             await self.security.request_email_verification(user.id)
         except InvalidArgument:  # the address was removed meanwhile
             return RedirectResponse("/account?m=no_address", 303)

@@ -479,3 +479,23 @@ async def test_a_full_hashing_pool_is_a_503_with_retry_after_and_the_link_stays_
     finally:
         app.state.secrets.close()
         await started.close()
+
+
+async def test_a_reset_flood_against_one_address_from_many_ips_gets_the_429_page(
+    fundaments: Fundaments, app: object, mailbox: Mailbox
+) -> None:
+    """Attack: a botnet asking for reset mails to one victim (RATE_LIMIT_ACCOUNT_MAIL_TARGET, 5/hour
+    per address by default, as auth_router's POST /password-reset)."""
+    await fundaments.security.register_user("ann", PASSWORD, email=ANN)
+    statuses = []
+    for n in range(7):
+        browser = Browser(app, ip=f"198.51.100.{n + 1}")
+        await browser.get("/forgot-password")
+        page = await browser.post("/forgot-password", email=ANN.upper() if n % 2 else ANN)
+        statuses.append(page.status_code)
+        if page.status_code == 429:
+            assert "Too many attempts" in page.text and int(page.headers["retry-after"]) >= 1
+            assert '"account-mail-address";r=0;' in page.headers["ratelimit"]
+        await browser.close()
+    assert statuses == [200] * 5 + [429] * 2
+    assert len(await mailbox.take(expect=3)) == 3  # the silent throttle behind it: 3 mails an hour

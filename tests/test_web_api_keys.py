@@ -500,6 +500,7 @@ def assert_limited(response: httpx.Response, retry_after: int) -> None:
     assert response.status_code == 429, response.text
     assert response.json()["code"] == "rate_limited"
     assert response.headers["retry-after"] == str(retry_after)
+    assert "ratelimit" in response.headers and "ratelimit-policy" in response.headers
     assert "set-cookie" not in response.headers
 
 
@@ -510,9 +511,14 @@ async def test_a_key_s_own_limit_answers_429_with_retry_after(
         owner = await make_owner(f.security)
         token = await make_token(f.security, owner, rate_limit="3/minute")
         other = await make_token(f.security, owner, name="other", rate_limit="3/minute")
-        for _ in range(3):
-            assert (await http.post("/v1/chat", headers=key(token))).status_code == 200
-        assert_limited(await http.post("/v1/chat", headers=key(token)), 20)  # one every 20 s
+        for remaining in (2, 1, 0):
+            allowed = await http.post("/v1/chat", headers=key(token))
+            assert allowed.status_code == 200
+            assert allowed.headers["ratelimit-policy"] == '"api-key";q=3;w=60'
+            assert allowed.headers["ratelimit"].startswith(f'"api-key";r={remaining};t=')
+        refused = await http.post("/v1/chat", headers=key(token))
+        assert_limited(refused, 20)  # one every 20 s
+        assert refused.headers["ratelimit"] == '"api-key";r=0;t=20'
         assert_limited(await http.get("/whoami", headers=bearer(token)), 20)  # every route: per key
         assert (await http.post("/v1/chat", headers=key(other))).status_code == 200  # its own budget
         clock.advance(20)
@@ -535,6 +541,9 @@ async def test_attack_five_keys_do_not_give_five_times_the_owner_s_limit(
         assert answers.count(200) == 4 and answers.count(429) == 6
         refused = await http.post("/v1/chat", headers=key(tokens[4]))
         assert_limited(refused, 15)  # the owner's limit: one every 15 s
+        assert refused.headers["ratelimit-policy"] == '"api-key";q=2;w=60, "api-key-owner";q=4;w=60'
+        key_state, owner_state = refused.headers["ratelimit"].split(", ")
+        assert key_state.startswith('"api-key";r=2;') and owner_state == '"api-key-owner";r=0;t=15'
         assert (await http.post("/v1/chat", headers=key(someone))).status_code == 200  # per owner
         # All or nothing: the requests the owner's limit refused did not use up k2..k4's own limits.
         clock.advance(60)
@@ -577,7 +586,7 @@ async def test_the_429_path_logs_and_audits_no_secret(
         await f["audit"].close()
         events = await f.security.audit_events(limit=200)
     logged = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records)
-    assert "refused POST /v1/chat: rate_limited" in logged
+    assert "429 for POST /v1/chat: RateLimited" in logged
     assert token[10:] not in logged
     assert all(token[10:] not in json.dumps(e.details) for e in events)
 

@@ -613,7 +613,8 @@ async def test_any_service_unavailable_is_503_without_its_message(http: httpx.As
 async def test_rate_limited_is_429_with_the_retry_after_rounded_up(http: httpx.AsyncClient) -> None:
     response = await http.get("/throttled", headers=JSON)
     assert response.status_code == 429 and response.headers["retry-after"] == "3"
-    assert response.json() == {"detail": "Too many requests; retry later.", "code": "rate_limited"}
+    assert response.json() == {"detail": "Too many requests; retry after 3 s.", "code": "rate_limited"}
+    assert "ratelimit" not in response.headers  # a throttle without a decision: no RateLimit headers
 
 
 # --- 9. session fixation: a token planted in the browser before login is dead after it ---------

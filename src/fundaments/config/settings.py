@@ -41,6 +41,8 @@ DEFAULT_DATABASE_URL = "sqlite:///./var/fundaments.db"
 # Host names the web middleware answers for when ALLOWED_HOSTS is unset: loopback only, so that
 # `python main.py` works at http://127.0.0.1:8000 and a deployment must name its own host.
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1", "*.localhost")
+# A rate limit setting, "N/second|minute|hour|day" (a subset of what fundaments.ratelimit parses)
+RATE_PATTERN = r"^(?i)[1-9][0-9]{0,8}/(s|sec|second|m|min|minute|h|hr|hour|d|day)s?$"
 MIN_MASTER_KEY_LENGTH = 32
 MIN_SALT_BYTES = 16
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -203,9 +205,7 @@ class Settings(BaseSettings):
     api_key_max_per_user: int = Field(default=100, ge=1, le=10_000)  # live (unrevoked) keys
     # all of one owner's keys together, "N/second|minute|hour|day", counted by the web middleware
     # with each key's own rate_limit (unset: only the keys' own limits)
-    api_key_user_rate_limit: str | None = Field(
-        default=None, pattern=r"^[1-9][0-9]{0,8}/(second|minute|hour|day)$"
-    )
+    api_key_user_rate_limit: str | None = Field(default=None, pattern=RATE_PATTERN)
 
     # --- account lifecycle and recovery ---------------------------------------------------------
     # what a login name may be: the username, the account's email address, or either
@@ -238,6 +238,12 @@ class Settings(BaseSettings):
     rate_limit_redis_timeout: float = Field(default=0.25, ge=0.001, le=10.0)  # seconds, connect and reply
     rate_limit_redis_retry: float = Field(default=1.0, ge=0.0, le=60.0)  # seconds between probes while down
     rate_limit_memory_keys: int = Field(default=100_000, ge=100, le=100_000_000)  # memory backend bound
+    # auth_router's anonymous routes (docs/web.md, "Rate limits"); "N/second|minute|hour|day"
+    rate_limit_register: str = Field(default="5/hour", pattern=RATE_PATTERN)  # POST /register per client IP
+    # POST /password-reset and /verify-email/request together, per client IP
+    rate_limit_account_mail: str = Field(default="10/hour", pattern=RATE_PATTERN)
+    # the same per target: per address asked for (reset), per account (verification), from any IP
+    rate_limit_account_mail_target: str = Field(default="5/hour", pattern=RATE_PATTERN)
 
     # --- audit trail ----------------------------------------------------------------------------
     audit_checkpoint_every: int = Field(default=1_000, ge=10, le=1_000_000)  # events per MAC'ed checkpoint

@@ -26,6 +26,7 @@ from fundaments.models import (
     Session,
     User,
 )
+from fundaments.ratelimit import Rate, parse_rate
 from fundaments.security._core import CORE_SERVICES
 from fundaments.security.access import AccessPart
 from fundaments.security.accounts import AccountsPart
@@ -56,6 +57,7 @@ __all__ = [
     "LoginFailure",
     "LoginResult",
     "MailStatus",
+    "Rate",
     "RateLimitDecision",
     "ReencryptReport",
     "RequestContext",
@@ -63,6 +65,7 @@ __all__ = [
     "Security",
     "Session",
     "User",
+    "parse_rate",
 ]
 
 

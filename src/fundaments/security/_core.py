@@ -74,6 +74,11 @@ class SecurityCore:
         self._rate_limiter: RateLimiter | None = services.get("rate_limiter")  # optional: not a core service
 
     @property
+    def settings(self) -> Settings | None:
+        """The settings this facade was started with (None when built without them); read-only."""
+        return self._settings
+
+    @property
     def encryption_available(self) -> bool:
         return self._encryption is not None
 

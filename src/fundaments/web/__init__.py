@@ -34,6 +34,8 @@ from fundaments.web.middleware import (
     csrf_token_for,
     get_context,
 )
+from fundaments.web.ratelimit_headers import rate_limit_headers
+from fundaments.web.ratelimits import RateLimitGuard, rate_limited
 
 if TYPE_CHECKING:
     from fundaments.web.router import auth_router
@@ -53,6 +55,7 @@ __all__ = [
     "DEFAULT_CSP",
     "DEFAULT_PERMISSIONS_POLICY",
     "Installation",
+    "RateLimitGuard",
     "Refused",
     "SecurityMiddleware",
     "WebContext",
@@ -68,6 +71,8 @@ __all__ = [
     "login_required",
     "logout",
     "permission_required",
+    "rate_limit_headers",
+    "rate_limited",
     "require_permission",
     "require_scope",
     "scope_required",

@@ -67,8 +67,19 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fundaments.config.settings import DEFAULT_ALLOWED_HOSTS
 from fundaments.errors import FundamentsError, RateLimited, ServiceUnavailable
-from fundaments.security import API_KEY_PREFIX, MAX_IP_LENGTH, ApiKey, RequestContext, Security, Session, User
+from fundaments.security import (
+    API_KEY_PREFIX,
+    MAX_IP_LENGTH,
+    ApiKey,
+    RateLimitDecision,
+    RequestContext,
+    Security,
+    Session,
+    User,
+    parse_rate,
+)
 from fundaments.web.errors import Refused
+from fundaments.web.ratelimit_headers import rate_limit_headers, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,8 @@ MAX_CACHED_USERS = 10_000
 DRAIN_FACTOR = 4  # a refused body up to 4x max_body_bytes more is read and dropped before the 413
 DRAIN_SECONDS = 5.0  # ... if it arrives within this time
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+RATE_LIMIT_LOG_SECONDS = 60.0  # one "429 for" line per method and path this often, not one per refusal
+MAX_RATE_LIMIT_LOG_PATHS = 1_000
 
 DEFAULT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
@@ -154,6 +167,9 @@ class WebContext:
     _extra_headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _forget_user: Callable[[int], None] | None = field(default=None, repr=False)
     _request_context: RequestContext | None = field(default=None, repr=False)
+    # (policy name, decision) of the rate limits this request was counted against: None (the
+    # usual case, no cost) or the RateLimit headers of its response.
+    _rate_limits: list[tuple[str, RateLimitDecision]] | None = field(default=None, repr=False)
 
     @property
     def request_data(self) -> dict[str, str]:
@@ -230,6 +246,23 @@ class WebContext:
         """The live session token of this request (after any rotation), or None."""
         return self._token
 
+    def record_rate_limit(self, policy: str, decision: RateLimitDecision) -> None:
+        """Put ``decision`` (under the policy name ``policy``) in the ``RateLimit`` and
+        ``RateLimit-Policy`` headers of this request's response, allowed or refused alike."""
+        if self._rate_limits is None:
+            self._rate_limits = [(policy, decision)]
+        else:
+            self._rate_limits.append((policy, decision))
+
+    def rate_limits_lack(self, decision: RateLimitDecision) -> bool:
+        """Whether ``decision`` (this very object) is not recorded yet."""
+        return all(seen is not decision for _, seen in self._rate_limits or ())
+
+    @property
+    def rate_limits(self) -> tuple[tuple[str, RateLimitDecision], ...]:
+        """The (policy name, decision) pairs recorded for this request so far."""
+        return tuple(self._rate_limits or ())
+
 
 class BodyTooLarge(FundamentsError):
     """A request body grew past ``max_body_bytes`` (the middleware answers 413)."""
@@ -281,6 +314,27 @@ PASSWORD_CHANGE_REQUIRED = Refusal(
 SERVICE_BUSY = Refusal(503, "service_busy", "The service is busy; retry in a moment.")
 SERVICE_STARTING = Refusal(503, "service_starting", "The service is starting or stopping; retry in a moment.")
 RATE_LIMITED = Refusal(429, "rate_limited", "Too many requests; retry later.")
+
+
+def rate_limited_answer(scope: Scope, exc: RateLimited) -> tuple[Refusal, tuple[tuple[str, str], ...]]:
+    """The 429 refusal of ``exc`` and its ``Retry-After`` (whole seconds, rounded up, at least 1).
+
+    The decision it carries joins the request's recorded rate limits (under the policy name
+    ``default`` unless a helper recorded it already), so the answer, sent through the middleware,
+    has the ``RateLimit`` and ``RateLimit-Policy`` headers too."""
+    seconds = retry_after_seconds(exc.retry_after)
+    ctx = scope.get(SCOPE_KEY)
+    decision = exc.decision
+    if (
+        isinstance(ctx, WebContext)
+        and isinstance(decision, RateLimitDecision)
+        and ctx.rate_limits_lack(decision)
+    ):
+        ctx.record_rate_limit("default", decision)
+    detail = f"Too many requests; retry after {seconds} s."
+    return Refusal(RATE_LIMITED.status, RATE_LIMITED.code, detail), (("retry-after", str(seconds)),)
+
+
 SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
 
 
@@ -366,6 +420,8 @@ class SecurityMiddleware:
             413, BODY_TOO_LARGE.code, f"Request body too large: the limit is {self.max_body_bytes} bytes."
         )
         self.password_change_path = password_change_path
+        if api_key_user_rate_limit is not None:
+            parse_rate(api_key_user_rate_limit)  # InvalidArgument now, not on the first key's request
         self.api_key_user_rate_limit = api_key_user_rate_limit
         self.password_change_paths = frozenset({password_change_path, *password_change_exempt_paths})
         hosts = [h.strip().lower() for h in allowed_hosts]
@@ -398,6 +454,9 @@ class SecurityMiddleware:
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
+        # "METHOD /path" -> (when its 429 was last logged, refusals since): a flood of refusals,
+        # what rate limits are for, must not become a flood of log lines.
+        self._rate_limit_logged: dict[str, tuple[float, int]] = {}
 
     @property
     def raw_security_headers(self) -> list[tuple[bytes, bytes]]:
@@ -475,6 +534,8 @@ class SecurityMiddleware:
                     ]
                 if ctx._extra_headers:
                     raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
+                if ctx._rate_limits is not None:
+                    raw.extend((n.encode(), v.encode()) for n, v in rate_limit_headers(ctx._rate_limits))
                 if ctx._set_cookies and ctx.api_key is None:  # an API-key request never gets a cookie
                     raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
                 message["headers"] = raw
@@ -528,9 +589,8 @@ class SecurityMiddleware:
             log.warning("refused %s: %s", where, BODY_TOO_LARGE.code)
             await self._refuse(send, headers, self._too_large, CONNECTION_CLOSE)
         elif isinstance(exc, RateLimited):
-            log.warning("429 for %s: %s", where, type(exc).__name__)
-            retry = (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
-            await self._refuse(send, headers, RATE_LIMITED, retry)
+            self._log_rate_limited(where, exc)
+            await self._refuse(send, headers, *rate_limited_answer(scope, exc))
         elif isinstance(exc, ServiceUnavailable):  # HashingBusyError: the hashing pool is full
             log.warning("503 for %s: %s", where, type(exc).__name__)
             retry_after = float(getattr(exc, "retry_after", 1.0))
@@ -542,6 +602,22 @@ class SecurityMiddleware:
             # redaction filter), never to the client.
             log.error("unhandled %s in %s", type(exc).__name__, where, exc_info=exc)
             await self._refuse(send, headers, SERVER_ERROR)
+
+    def _log_rate_limited(self, where: str, exc: RateLimited) -> None:
+        """One warning per ``where`` per RATE_LIMIT_LOG_SECONDS, counting the refusals in between."""
+        now = time.monotonic()
+        last, unlogged = self._rate_limit_logged.get(where, (-math.inf, 0))
+        if now - last < RATE_LIMIT_LOG_SECONDS:
+            self._rate_limit_logged[where] = (last, unlogged + 1)
+            return
+        if len(self._rate_limit_logged) >= MAX_RATE_LIMIT_LOG_PATHS:
+            self._rate_limit_logged.clear()
+        self._rate_limit_logged[where] = (now, 0)
+        more = f" (and {unlogged} more since the last line)" if unlogged else ""
+        log.warning(
+            "429 for %s: %s%s; further ones are logged once per %g s",
+            where, type(exc).__name__, more, RATE_LIMIT_LOG_SECONDS,
+        )  # fmt: skip
 
     async def _admit(
         self,
@@ -575,9 +651,7 @@ class SecurityMiddleware:
             return receive, API_KEY_INVALID
         key = ctx.api_key
         if key is not None and (key.rate_limit is not None or self.api_key_user_rate_limit is not None):
-            refusal = await self._limit_api_key(ctx, key)
-            if refusal is not None:
-                return receive, refusal
+            await self._limit_api_key(ctx, key)  # RateLimited: answered 429 by _answer_exception
         user = ctx.user
         if user is not None and user.must_change_password and path not in self.password_change_paths:
             return receive, PASSWORD_CHANGE_REQUIRED
@@ -690,26 +764,34 @@ class SecurityMiddleware:
             return
         ctx.user, ctx.api_key, ctx.auth = user, key, "api_key"
 
-    async def _limit_api_key(self, ctx: WebContext, key: ApiKey) -> Refusal | None:
+    async def _limit_api_key(self, ctx: WebContext, key: ApiKey) -> None:
         """Count this request against the key's own limit and its owner's limit across all their
-        keys, in one all-or-nothing decision (a request refused by one uses up neither); the 429
-        refusal, or None. Both keys start ``user:<owner id>``: one Redis Cluster slot."""
+        keys, in one all-or-nothing decision (a request refused by one uses up neither); both go
+        in the response's RateLimit headers (policies ``api-key`` and ``api-key-owner``). Refused:
+        RateLimited, which the middleware answers 429 with Retry-After (the longest wait). Both
+        keys start ``user:<owner id>``: one Redis Cluster slot."""
         owner = f"user:{key.user_id}"
         checks: list[tuple[str, str]] = []
+        policies: list[str] = []
         if key.rate_limit is not None:
             checks.append((f"{owner}:apikey:{key.id}", key.rate_limit))
+            policies.append(KEY_POLICY)
         if self.api_key_user_rate_limit is not None:
             checks.append((f"{owner}:apikeys", self.api_key_user_rate_limit))
+            policies.append(OWNER_POLICY)
         if not checks:
-            return None
+            return
         decisions = await self.security.rate_limit_all(checks)
-        if decisions[0].allowed:
-            return None
-        wait = max(decision.retry_after for decision in decisions)
-        seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else 86_400
-        ctx._extra_headers.append(("retry-after", str(seconds)))
-        detail = f"Too many requests with this API key; retry after {seconds} s."
-        return Refusal(RATE_LIMITED.status, RATE_LIMITED.code, detail)
+        for policy, decision in zip(policies, decisions, strict=True):
+            ctx.record_rate_limit(policy, decision)
+        if not decisions[0].allowed:
+            at = max(range(len(decisions)), key=lambda i: decisions[i].retry_after)
+            whose = "this API key" if policies[at] == KEY_POLICY else "this API key's owner (all keys)"
+            raise RateLimited(
+                f"the rate limit of {whose} is reached",
+                retry_after=decisions[at].retry_after,
+                decision=decisions[at],
+            )
 
     async def _user(self, user_id: int) -> User | None:
         now = time.monotonic()
@@ -820,13 +902,18 @@ class SecurityMiddleware:
             refusal = SESSION_INVALID
         elif refusal is None and auth == "api_key" and ctx.auth != "api_key":
             refusal = API_KEY_INVALID
-        elif refusal is None and ctx.api_key is not None:
-            refusal = await self._limit_api_key(ctx, ctx.api_key)
-        elif refusal is None and ctx.user is not None and ctx.user.must_change_password:
+        limited: tuple[tuple[str, str], ...] = ()
+        if refusal is None and ctx.api_key is not None:
+            try:
+                await self._limit_api_key(ctx, ctx.api_key)
+            except RateLimited as exc:
+                refusal, retry = rate_limited_answer(scope, exc)
+                limited = (*retry, *rate_limit_headers(ctx.rate_limits))
+        if refusal is None and ctx.user is not None and ctx.user.must_change_password:
             refusal = PASSWORD_CHANGE_REQUIRED
         if refusal is not None:
             log.warning("refused WebSocket %s: %s", scope["path"], refusal.code)
-            extra = BEARER_CHALLENGE if refusal in UNAUTHENTICATED else ctx._extra_headers  # Retry-After
+            extra = BEARER_CHALLENGE if refusal in UNAUTHENTICATED else limited
             await self._deny_websocket(scope, send, refusal, extra)
             return
         scope["user"] = ctx.user
@@ -841,6 +928,8 @@ class SecurityMiddleware:
                 cookies_set = ctx._set_cookies if ctx.api_key is None else ()  # never on an API key
                 extra = [(b"set-cookie", cookie.encode()) for cookie in cookies_set]
                 extra += [(name.encode(), value.encode()) for name, value in ctx._extra_headers]
+                if ctx._rate_limits is not None:
+                    extra += [(n.encode(), v.encode()) for n, v in rate_limit_headers(ctx._rate_limits)]
                 if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
@@ -928,6 +1017,8 @@ NO_STORE = (b"cache-control", b"no-store")
 CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
 BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
 UNAUTHENTICATED = (SESSION_INVALID, API_KEY_INVALID)  # 401 with BEARER_CHALLENGE
+KEY_POLICY = "api-key"  # the RateLimit policy names of an API key's own limit and its owner's
+OWNER_POLICY = "api-key-owner"
 API_KEY_HEADER = "x-api-key"
 
 

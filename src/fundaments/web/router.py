@@ -31,6 +31,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from fundaments.emails import normalize_email
 from fundaments.errors import (
     AuthenticationError,
     InvalidEmailError,
@@ -43,6 +44,7 @@ from fundaments.web.auth import current_user, login, logout, use_rotated_session
 from fundaments.web.errors import Refused
 from fundaments.web.install import OPEN_ROUTES
 from fundaments.web.middleware import SERVICE_BUSY, browser_like, csrf_token_for, get_context
+from fundaments.web.ratelimits import limit_per_ip, limit_per_target
 
 Body = TypeVar("Body", bound=BaseModel)
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -264,9 +266,10 @@ def auth_router(
             status_code=201,
             summary="Create an account",
             openapi_extra=_body_doc(RegisterBody, form=True),
-            responses=_refusals(403, 409, 413, 422),
+            responses=_refusals(403, 409, 413, 422, 429),
         )
         async def register_endpoint(request: Request) -> UserOut:
+            await limit_per_ip(request, "register", "rate_limit_register")  # before the body is read
             body = await _body(request, RegisterBody)
             security = get_context(request).security
             try:
@@ -354,12 +357,15 @@ def auth_router(
         status_code=202,
         summary="Mail a password reset link (the same answer whether or not the address has an account)",
         openapi_extra=_body_doc(ResetRequestBody, form=True),
-        responses=_refusals(403, 413, 422),
+        responses=_refusals(403, 413, 422, 429),
     )
     async def password_reset(request: Request) -> Done:
+        await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
         body = await _body(request, ResetRequestBody)
         ctx = get_context(request)
         try:
+            # Per address asked for, account or not: a 429 says nothing about whether one exists.
+            await limit_per_target(request, "account-mail-address", normalize_email(body.email).key)
             await ctx.security.request_password_reset(body.email, ctx.request_context)
         except InvalidEmailError as exc:
             raise Refused(422, "invalid_email", str(exc)) from None
@@ -402,11 +408,13 @@ def auth_router(
         response_model=Done,
         status_code=202,
         summary="Mail a verification link to the signed-in account's address",
-        responses=_refusals(401, 403, 422),
+        responses=_refusals(401, 403, 422, 429),
     )
     async def verify_email_request(request: Request, user: CurrentUser) -> Done:
         if user.email is None:
             raise Refused(422, "no_email", "The account has no email address to verify.")
+        await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
+        await limit_per_target(request, "account-mail-account", f"user:{user.id}")
         await get_context(request).security.request_email_verification(user.id)
         return Done(detail="A verification link is on its way.")
 
