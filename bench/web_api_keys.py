@@ -3,6 +3,7 @@
 
     python bench/web_api_keys.py [--seconds 10] [--rounds 3] [--connections 32] [--warmup 2]
     python bench/web_api_keys.py --quick               # one short round: does it run at all
+    python bench/web_api_keys.py --in-process [--seconds 2]   # no server: the ASGI apps called directly
 
 Four configurations, each on its own uvicorn server (one worker, a free loopback port, a SQLite
 file in a temporary directory), measured with wrk from another process (bench/web.py's machinery:
@@ -13,10 +14,14 @@ interleaved rotating rounds, medians, the server process's CPU time per request 
 - the same with the key's own limit (``rate_limit="100000000/minute"``, never reached: the cost of
   a decision, not of a refusal) and ``API_KEY_USER_RATE_LIMIT`` (the owner's, across keys) on the
   memory backend: one ``rate_limit_all`` over two limits per request;
-- the same on the database backend (SQLite: a read and an upsert per request).
+- the same on the database backend (SQLite: reads, then the upserts in one transaction);
+- the same on Redis (one EVALSHA per request) when FUNDAMENTS_TEST_REDIS_URL is set.
 
 Before any load every configuration must answer ``{"user": "bench"}`` with the key (the middleware
 really authenticated it) and 401 without; any non-2xx answer under load fails the run.
+--in-process calls the same applications directly in this process (bench/web.py's ``_asgi_rate``:
+requests per CPU second, so other processes' load on a shared machine does not count as cost).
+
 Bar (issue 18): an authenticated API-key request through the middleware and the limit costs at most
 30 % of the bare route's throughput.
 """
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,12 +49,14 @@ import web as webbench  # noqa: E402 - bench/web.py: servers, wrk, CPU time
 
 PASSWORD = webbench.PASSWORD
 LIMIT = "100000000/minute"  # never reached in a run: each request pays a decision, none a refusal
-SERVERS = ("fastapi-plain", "apikey", "apikey-memory", "apikey-database")
+REDIS_ENV = "FUNDAMENTS_TEST_REDIS_URL"  # set: a Redis-backend configuration too
+SERVERS = ("fastapi-plain", "apikey", "apikey-memory", "apikey-database", "apikey-redis")
 LABELS = {
     "fastapi-plain": "bare route",
     "apikey": "install + require_scope, X-API-Key, no limit",
     "apikey-memory": "... + per-key and per-user limit, memory backend",
     "apikey-database": "... + per-key and per-user limit, database backend (SQLite)",
+    "apikey-redis": "... + per-key and per-user limit, Redis backend (one EVALSHA)",
 }
 
 
@@ -82,10 +90,13 @@ async def api_key_app(variant: str, workdir: Path) -> tuple[Any, Any]:
 
     settings = webbench.bench_settings(workdir)
     if variant != "apikey":
-        backend = "memory" if variant == "apikey-memory" else "database"
-        settings = settings.model_copy(
-            update={"rate_limit_backend": backend, "api_key_user_rate_limit": LIMIT}
-        )
+        backend = variant.removeprefix("apikey-")
+        update: dict[str, Any] = {"rate_limit_backend": backend, "api_key_user_rate_limit": LIMIT}
+        if backend == "redis":
+            from pydantic import SecretStr
+
+            update["redis_url"] = SecretStr(os.environ[REDIS_ENV])
+        settings = settings.model_copy(update=update)
     started = await initialize_fundaments(settings, configure_logs=False)
     security = started.security
     await security.create_role("invoker", ["models:invoke"])
@@ -160,6 +171,40 @@ def measure(server: Server, args: argparse.Namespace) -> tuple[float, float, flo
     return rps, p50, p99, cpu / (rps * args.seconds) * 1e6
 
 
+async def in_process(seconds: float, rounds: int) -> None:
+    """The configurations as ASGI apps in this process, each on its own started fundaments."""
+    names = [n for n in SERVERS if n != "apikey-redis" or os.environ.get(REDIS_ENV)]
+    with tempfile.TemporaryDirectory() as tmp:
+        apps: dict[str, tuple[Any, Any, str]] = {}
+        try:
+            for name in names:
+                workdir = Path(tmp) / name
+                workdir.mkdir()
+                if name == "fastapi-plain":
+                    apps[name] = (webbench.fastapi_app(name, workdir), None, "fk_" + "x" * 38)
+                else:
+                    app, started = await api_key_app(name, workdir)
+                    apps[name] = (app, started, (workdir / "token").read_text())
+            found: dict[str, list[float]] = {name: [] for name in names}
+            for round_ in range(rounds):
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    app, _, token = apps[name]
+                    extra = [(b"x-api-key", token.encode())]
+                    found[name].append(await webbench._asgi_rate(app, "GET", "/me", extra, b"", seconds))
+        finally:
+            for _, started, _ in apps.values():
+                if started is not None:
+                    await started.close()
+    base = statistics.median(found["fastapi-plain"])
+    print(f"in process, {rounds} rounds of {seconds} s per configuration (requests per CPU second)")
+    for name in names:
+        rate = statistics.median(found[name])
+        print(
+            f"{LABELS[name]:>62}: {rate:7.0f}/s  ratio {rate / base:.3f}  "
+            f"cost {1 - rate / base:6.1%}  +{1e6 / rate - 1e6 / base:5.1f} us"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -168,6 +213,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--in-process", action="store_true")
     parser.add_argument("--serve", choices=SERVERS)
     parser.add_argument("--port", type=int)
     parser.add_argument("--dir", type=Path)
@@ -176,6 +222,9 @@ def main() -> None:
         args.http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     if args.serve:
         asyncio.run(serve(args.serve, args.port, args.dir, args.http))
+        return
+    if args.in_process:
+        asyncio.run(in_process(args.seconds, args.rounds))
         return
     if args.quick:
         args.seconds, args.warmup, args.rounds, args.connections = 1, 0, 1, 8
@@ -186,15 +235,16 @@ def main() -> None:
         f"connections, {args.seconds} s per run after a {args.warmup} s warm-up, {args.rounds} "
         "interleaved rounds (medians), one uvicorn worker per server"
     )
-    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in SERVERS}
+    names = SERVERS if os.environ.get(REDIS_ENV) else SERVERS[:-1]
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        servers = {name: start(name, workdir / name, args.http) for name in SERVERS}
+        servers = {name: start(name, workdir / name, args.http) for name in names}
         try:
             for server in servers.values():
                 ready(server, workdir)
             for round_ in range(args.rounds):
-                order = SERVERS[round_ % len(SERVERS) :] + SERVERS[: round_ % len(SERVERS)]
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
                     runs[name].append(measure(servers[name], args))
         finally:
@@ -202,14 +252,14 @@ def main() -> None:
                 server.process.terminate()
             for server in servers.values():
                 server.process.wait(timeout=20)
-    medians = {n: tuple(statistics.median(r[i] for r in runs[n]) for i in range(4)) for n in SERVERS}
+    medians = {n: tuple(statistics.median(r[i] for r in runs[n]) for i in range(4)) for n in names}
     base, base_cpu = medians["fastapi-plain"][0], medians["fastapi-plain"][3]
     print()
     print(
         "| configuration | requests/s (runs) | p50 ms | p99 ms | ratio | cost | server CPU/request | added |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name in SERVERS:
+    for name in names:
         rps, p50, p99, cpu = medians[name]
         each = ", ".join(f"{r[0]:,.0f}" for r in runs[name])
         ratio = rps / base
@@ -220,7 +270,7 @@ def main() -> None:
             f"| {cpu:.0f} us | {added} |"
         )
     print()
-    for name in SERVERS[1:]:
+    for name in names[1:]:
         cost = 1 - medians[name][0] / base
         verdict = "within" if cost <= 0.30 else "OVER"
         print(f"{LABELS[name]}: costs {cost:.1%} of the throughput ({verdict} the 30 % bar)")
