@@ -21,6 +21,9 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, WebSocket
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -33,6 +36,7 @@ from fundaments.clock import ManualClock
 from fundaments.config import Settings, load_settings
 from fundaments.security import API_KEY_PREFIX, Security, User
 from fundaments.web import (
+    SecurityMiddleware,
     auth_router,
     current_user,
     get_context,
@@ -612,3 +616,38 @@ def test_the_web_page_s_api_key_example_prints_what_the_page_shows(tmp_path: Pat
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected.group(1)
+
+
+# --- the credential parser (untrusted headers) -------------------------------------------------------
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    authorization=st.none()
+    | st.text(max_size=300)
+    | st.builds(lambda t: "Bearer " + t, st.text(max_size=300)),
+    api_key=st.none() | st.text(max_size=300),
+    cookie=st.none() | st.text(max_size=300),
+)
+def test_presented_credentials_are_one_bounded_token_of_one_kind(
+    authorization: str | None, api_key: str | None, cookie: str | None
+) -> None:
+    headers = {
+        name: value
+        for name, value in (("authorization", authorization), ("x-api-key", api_key))
+        if value is not None
+    }
+    token, kind = SecurityMiddleware._presented_token(headers, cookie)
+    assert token is None or (token.isascii() and 0 < len(token) <= 256)
+    bearer_value = None
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            bearer_value = value.strip()
+    if bearer_value is not None:
+        assert kind == ("api_key" if bearer_value.startswith(API_KEY_PREFIX) else "bearer")
+    elif api_key is not None:
+        assert kind == "api_key"  # a key header beside a cookie: the key, never the cookie
+        assert token is None or token == api_key.strip()
+    elif cookie is not None:
+        assert kind == "cookie"
+    else:
+        assert (token, kind) == (None, None)
