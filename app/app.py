@@ -29,6 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from app.admin_audit import AuditPages
 from app.admin_roles import RolePages
 from app.admin_users import UserPages
+from app.api_key_pages import ApiKeyPages
 from app.console import HERE, Console, Redirect
 from app.recovery_pages import RecoveryPages, hide_link_tokens
 from app.secrets_store import SecretStore
@@ -144,6 +145,7 @@ def console_routes(console: Console, health: Endpoint) -> list[BaseRoute]:
         Route("/admin/roles/{name}/delete", roles.delete, methods=["POST"]),
         Route("/admin/audit", audit.page),
         Route("/admin/audit/verify", audit.verify_all, methods=["POST"]),
+        *ApiKeyPages(console).routes(),  # /account/api-keys…, /admin/api-keys…
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 

@@ -32,7 +32,7 @@ from fundaments.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from fundaments.security import LoginFailure, Security, User
+from fundaments.security import API_KEYS_ADMIN_PERMISSION, LoginFailure, Security, User
 from fundaments.web import authenticated_user, csrf_token, get_context, login, logout, use_rotated_session
 
 log = logging.getLogger("app")
@@ -185,7 +185,8 @@ class Console:
         nav: dict[str, bool] = {}
         if user is not None and not user.must_change_password:
             for key, permission in (("users", USERS_PERMISSION), ("roles", ROLES_PERMISSION),
-                                    ("audit", AUDIT_PERMISSION)):  # fmt: skip
+                                    ("audit", AUDIT_PERMISSION),
+                                    ("api_keys", API_KEYS_ADMIN_PERMISSION)):  # fmt: skip
                 nav[key] = await self.security.check_permission(user.id, permission)
         key = request.query_params.get("m", "")
         message = MESSAGES.get(key)

@@ -344,7 +344,7 @@ FORM = {"username": "mallory", "password": "a long and private passphrase 2",
         "roles": "admin", "name": "owned", "permissions": "*", "inherits": "admin", "confirmed": "yes",
         "new_password": "a long and private passphrase 3",
         "confirm_password": "a long and private passphrase 3"}  # fmt: skip
-ACCOUNT_TABLES = ("users", "user_roles", "roles", "role_permissions", "role_inherits", "devices")
+ACCOUNT_TABLES = ("users", "user_roles", "roles", "role_permissions", "role_inherits", "devices", "api_keys")
 
 
 def test_the_admin_route_table_is_read_and_has_the_grant_route() -> None:
@@ -371,8 +371,10 @@ async def test_every_admin_post_refuses_a_member_and_changes_nothing(
             [tuple(row) for row in await db.fetch(f"SELECT * FROM fundaments_{t}")] for t in ACCOUNT_TABLES
         ]
 
+    bob_key = await security.create_api_key(await _user(fundaments, "bob"), name="bob's key")
     before = await state()
     path = template.replace("{user_id:int}", str(await _user(fundaments, target)))
+    path = path.replace("{key_id}", bob_key.key.id)  # /admin/api-keys/<owner>/<key>/revoke
     path = path.replace("{action}", action or "").replace("{name}", "member")
     assert "{" not in path, f"teach this test how to fill the parameters of {template}"
     # Granting itself admin is refused by the facade's delegation rule too; granting "member" to carol

@@ -75,6 +75,7 @@ MAX_ALLOWED_IPS = 100
 MAX_OVERLAP = 7 * 86_400  # seconds
 MAX_LIFETIME = 10 * 365 * 86_400  # seconds
 MAX_PAGE = 1_000
+ADMIN_PERMISSION = "api_keys:admin"  # see every account's keys (Security.list_all_api_keys)
 IP_MEMO_MAX = 256  # per cached key: client IPs already judged against its allowlist
 RATE_LIMIT = re.compile(r"[1-9][0-9]{0,8}/(second|minute|hour|day)")
 
@@ -574,6 +575,17 @@ class ApiKeys:
         if after is not None and (not isinstance(after, str) or len(after) > 32):
             raise InvalidArgument("after must be the id of a key (from the previous page) or None")
         rows = await queries.list_for_user(self._db, user_id, after, limit)
+        pending = self._pending
+        return [_key(row, pending.get(row[0])) for row in rows]
+
+    async def list_all(self, *, after: str | None = None, limit: int = 100) -> list[ApiKey]:
+        """Every account's keys (revoked ones too) in id order, ``limit`` at most, with ids
+        above ``after`` (the last id of the previous page)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if after is not None and (not isinstance(after, str) or len(after) > 32):
+            raise InvalidArgument("after must be the id of a key (from the previous page) or None")
+        rows = await queries.list_all(self._db, after, limit)
         pending = self._pending
         return [_key(row, pending.get(row[0])) for row in rows]
 

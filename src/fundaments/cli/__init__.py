@@ -11,11 +11,19 @@ from __future__ import annotations
 import typer
 
 from fundaments import __version__
-from fundaments.cli import accounts, files, mail, roles, setup, users
+from fundaments.cli import accounts, api_keys, files, mail, roles, setup, users
 from fundaments.cli.common import State, app
 
 __all__ = ["app", "main"]
-_COMMAND_MODULES = (accounts, files, mail, roles, setup, users)  # imported for the commands they register
+_COMMAND_MODULES = (
+    accounts,
+    api_keys,
+    files,
+    mail,
+    roles,
+    setup,
+    users,
+)  # imported for the commands they register
 
 
 def _version(value: bool) -> None:

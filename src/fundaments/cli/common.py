@@ -31,7 +31,9 @@ TYPER_OPTIONS: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_sho
 app = typer.Typer(help="fundaments: the admin command.", add_completion=False, **TYPER_OPTIONS)
 config_app = typer.Typer(help="Inspect the configuration.", **TYPER_OPTIONS)
 db_app = typer.Typer(help="Database schema migrations.", **TYPER_OPTIONS)
-keys_app = typer.Typer(help="Encryption keys: generate, re-encrypt stored values.", **TYPER_OPTIONS)
+keys_app = typer.Typer(
+    help="Encryption keys: generate, re-encrypt stored values; API keys (keys api …).", **TYPER_OPTIONS
+)
 users_app = typer.Typer(
     help="Accounts: list, create, set-password, disable, enable, unlock, import.", **TYPER_OPTIONS
 )

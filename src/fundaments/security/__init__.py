@@ -31,7 +31,7 @@ from fundaments.security._core import CORE_SERVICES
 from fundaments.security.access import AccessPart
 from fundaments.security.accounts import AccountsPart
 from fundaments.security.administration import AdministrationPart
-from fundaments.security.api_keys import ApiKeysPart
+from fundaments.security.api_keys import API_KEYS_ADMIN_PERMISSION, ApiKeysPart
 from fundaments.security.audit import MAX_AUDIT_PAGE, AuditPart
 from fundaments.security.encryption import EncryptionPart
 from fundaments.security.key_rotation import KeyRotationPart
@@ -44,6 +44,7 @@ from fundaments.store.reencrypt import ReencryptReport
 # The value types surfaces need, re-exported: the web layer, the CLI and app/ import nothing below
 # this package but config and errors (import-linter contract in pyproject.toml).
 __all__ = [
+    "API_KEYS_ADMIN_PERMISSION",
     "API_KEY_PREFIX",
     "CORE_SERVICES",
     "MAX_AUDIT_PAGE",

@@ -13,6 +13,7 @@ from typing import Any
 
 from fundaments.access_control import permission_granted
 from fundaments.api_keys import (
+    ADMIN_PERMISSION,
     MAX_LIFETIME,
     MAX_NAME,
     RATE_LIMIT,
@@ -24,9 +25,12 @@ from fundaments.errors import InvalidArgument, PermissionDenied
 from fundaments.models import ApiKey, ApiKeyCreated, RequestContext
 from fundaments.security._core import SecurityCore, optional_user_id, text_argument, user_id_argument
 
+API_KEYS_ADMIN_PERMISSION = ADMIN_PERMISSION  # for surfaces, which do not import fundaments.api_keys
+
 
 class ApiKeysPart(SecurityCore):
-    """``create_api_key``, ``validate_api_key``, ``list_api_keys``, ``rotate_api_key``, ``revoke_api_key``."""
+    """``create_api_key``, ``validate_api_key``, ``list_api_keys``, ``list_all_api_keys``,
+    ``rotate_api_key``, ``revoke_api_key``."""
 
     async def create_api_key(
         self,
@@ -123,6 +127,29 @@ class ApiKeysPart(SecurityCore):
         ``limit`` (at most 1,000): pass the last key's id as ``after`` for the next page."""
         user_id = user_id_argument(user_id)
         return await self._require_api_keys().list_for_user(user_id, after=after, limit=limit)
+
+    async def list_all_api_keys(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        actor_user_id: int | None = None,
+        request_data: RequestContext | Mapping[str, Any] | None = None,
+    ) -> list[ApiKey]:
+        """Every account's keys (revoked ones included), in key-id order; pages of ``limit`` (at
+        most 1,000): pass the last key's id as ``after`` for the next (keyset, no OFFSET). Each
+        key's ``user_id`` is its owner (``usernames(...)`` names them).
+
+        With ``actor_user_id`` (None: a trusted caller such as the CLI) the actor must hold
+        ``api_keys:admin`` (``API_KEYS_ADMIN_PERMISSION``; the built-in ``admin`` role's ``*``
+        does), else PermissionDenied, audited ``permission.denied``. The tokens are never listed:
+        only digests are stored.
+        """
+        service = self._require_api_keys()
+        actor_user_id = optional_user_id(actor_user_id, "actor_user_id")
+        if actor_user_id is not None:
+            await self._access.require_permission(actor_user_id, ADMIN_PERMISSION, request_data=request_data)
+        return await service.list_all(after=after, limit=limit)
 
     async def revoke_api_key(self, user_id: int, key_id: str, *, actor_user_id: int | None = None) -> bool:
         """Revoke the key for good — its current and previous tokens at once, here at once and on

@@ -153,6 +153,21 @@ async def list_for_user(db: Executor, user_id: int, after: str | None, limit: in
     )
 
 
+async def list_all(db: Executor, after: str | None, limit: int) -> list[Row]:
+    """Every account's keys in id order, ``limit`` at most, with ids above ``after`` (keyset
+    pagination on the primary key: every page costs the same, no OFFSET)."""
+    if after is None:
+        return await db.fetch(
+            f"SELECT {LISTED_COLUMNS} FROM fundaments_api_keys ORDER BY id LIMIT $1",  # noqa: S608 - constant
+            limit,
+        )
+    return await db.fetch(
+        f"SELECT {LISTED_COLUMNS} FROM fundaments_api_keys WHERE id > $1 ORDER BY id LIMIT $2",  # noqa: S608
+        after,
+        limit,
+    )
+
+
 async def get_for_update(tx: Executor, user_id: int, key_id: str) -> Row | None:
     """The owner's key with what a rotation decides on, row-locked (PostgreSQL) until ``tx`` ends."""
     return await tx.fetchrow(
