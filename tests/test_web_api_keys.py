@@ -651,3 +651,38 @@ def test_presented_credentials_are_one_bounded_token_of_one_kind(
         assert kind == "cookie"
     else:
         assert (token, kind) == (None, None)
+
+
+# --- pages for people ---------------------------------------------------------------------------------
+async def test_attack_a_key_cannot_drive_the_console_as_its_owner(
+    make_settings: Callable[..., Settings], clock: ManualClock, tmp_path: Path
+) -> None:
+    """The console checks permissions without the key (it is for people): a key scoped
+    models:invoke of an administrator must not create a role there — unsafe requests with a key
+    even skip CSRF. authenticated_user() is None on an API-key request, so the page sends it to /login."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from app.app import build_app
+
+    f = await initialize_fundaments(
+        make_settings(allowed_hosts=["console.test"]), clock=clock, configure_logs=False
+    )
+    app = build_app(f, data_dir=tmp_path / "app-data")
+    try:
+        boss = await f.security.register_user("boss", PASSWORD, roles=["admin"])
+        token = await make_token(f.security, boss, scopes=["models:invoke"])
+        transport = httpx.ASGITransport(app=app, client=(IP, 50000))
+        async with (
+            running(app),
+            httpx.AsyncClient(transport=transport, base_url="https://console.test") as http,
+        ):
+            for headers in (key(token), bearer(token)):
+                page = await http.get("/admin/roles", headers=headers)
+                assert page.status_code == 303 and page.headers["location"] == "/login"
+                created = await http.post(
+                    "/admin/roles", data={"name": "escalated", "permissions": "*"}, headers=headers
+                )
+                assert created.status_code == 303 and created.headers["location"] == "/login"
+        assert all(role.name != "escalated" for role in await f.security.list_roles())
+    finally:
+        app.state.secrets.close()
+        await f.close()

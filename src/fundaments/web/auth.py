@@ -95,8 +95,15 @@ def csrf_token(request: HTTPConnection) -> str:
 
 
 def authenticated_user(request: HTTPConnection) -> User | None:
-    """The user of this request, or None."""
-    return get_context(request).user
+    """The user of this request's session (cookie or bearer token), or None — None too on a request
+    authenticated by an API key.
+
+    Pages for people (the console, anything that checks permissions without the key) must not act
+    for a key: through them a key scoped ``models:invoke`` would reach everything its owner may do,
+    and unsafe requests with a key skip CSRF. Routes meant for keys use :func:`require_scope` (or
+    :func:`current_user` and ``get_context(request).api_key``)."""
+    ctx = get_context(request)
+    return ctx.user if ctx.api_key is None else None
 
 
 # --- FastAPI dependencies (plain Starlette types: FastAPI accepts them; no FastAPI import) ----
