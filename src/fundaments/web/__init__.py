@@ -19,6 +19,8 @@ from fundaments.web.auth import (
     logout,
     permission_required,
     require_permission,
+    require_scope,
+    scope_required,
     use_rotated_session,
     verify_mfa,
 )
@@ -73,6 +75,8 @@ __all__ = [
     "rate_limit_headers",
     "rate_limited",
     "require_permission",
+    "require_scope",
+    "scope_required",
     "use_rotated_session",
     "verify_mfa",
 ]
