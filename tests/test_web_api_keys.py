@@ -306,6 +306,36 @@ async def test_an_api_key_request_cannot_log_in(
     assert await fundaments.security.list_sessions(owner.id) == []  # none opened, not even briefly
 
 
+async def test_attack_a_key_cannot_manage_its_owner_s_account(
+    http: httpx.AsyncClient, fundaments: Fundaments, owner: User, token: str
+) -> None:
+    """A leaked key must not end its owner's sessions or change the password (auth_router's account
+    routes need a session); /auth/me still answers with the owner."""
+    person = await fundaments.security.user_login(
+        "ci-owner", PASSWORD, {"ip_address": "127.0.0.1", "user_agent": "browser"}
+    )
+    assert person.session is not None
+    for headers in (key(token), bearer(token)):
+        listed = await http.get("/auth/sessions", headers=headers)
+        assert listed.status_code == 403 and listed.json()["code"] == "session_required"
+        ended = await http.delete(f"/auth/sessions/{person.session.id}", headers=headers)
+        assert ended.status_code == 403 and ended.json()["code"] == "session_required"
+        changed = await http.post(
+            "/auth/password",
+            json={"current_password": PASSWORD, "new_password": "a brand new passphrase 9"},
+            headers=headers,
+        )
+        assert changed.status_code == 403 and changed.json()["code"] == "session_required"
+        mailed = await http.post("/auth/verify-email/request", headers=headers)
+        assert mailed.status_code == 403 and mailed.json()["code"] == "session_required"
+    assert [s.id for s in await fundaments.security.list_sessions(owner.id)] == [person.session.id]
+    assert await fundaments.security.user_login(
+        "ci-owner", PASSWORD, {"ip_address": "127.0.0.1", "user_agent": "x"}
+    )
+    me = await http.get("/auth/me", headers=key(token))
+    assert me.status_code == 200 and me.json()["username"] == "ci-owner"
+
+
 # --- require_scope and require_permission ----------------------------------------------------------
 async def test_require_scope_needs_the_key_s_scope_and_the_owner_s_permission(
     http: httpx.AsyncClient, fundaments: Fundaments, owner: User, token: str

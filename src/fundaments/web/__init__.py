@@ -21,6 +21,7 @@ from fundaments.web.auth import (
     require_permission,
     require_scope,
     scope_required,
+    session_user,
     use_rotated_session,
     verify_mfa,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "require_permission",
     "require_scope",
     "scope_required",
+    "session_user",
     "use_rotated_session",
     "verify_mfa",
 ]

@@ -155,6 +155,25 @@ async def _current_user(request: HTTPConnection) -> User:
 current_user = documented(_current_user, "current_user")
 
 
+async def _session_user(request: HTTPConnection) -> User:
+    """The user of this request when it carries a session (cookie or bearer session token): 401
+    without one, 403 ``session_required`` for an API key. For what only the person may do —
+    list and end sessions, change the password: an API key acts for a program, never for its owner's
+    account (a leaked CI key must not log its owner out everywhere or take over the password)."""
+    user = await _current_user(request)
+    if get_context(request).api_key is not None:
+        raise _refused(
+            request,
+            403,
+            "session_required",
+            "This needs a logged-in session: an API key cannot manage sessions or the password.",
+        )
+    return user
+
+
+session_user = documented(_session_user, "session_user")
+
+
 def require_permission(permission: str) -> Callable[[HTTPConnection], Awaitable[User]]:
     """A dependency returning the user when they hold ``permission``.
 
