@@ -521,7 +521,7 @@ async def limited(
     make_settings: Callable[..., Settings], clock: ManualClock, **overrides: Any
 ) -> AsyncIterator[tuple[Fundaments, httpx.AsyncClient]]:
     f = await initialize_fundaments(
-        make_settings(rate_limit_backend="memory", **overrides), clock=clock, configure_logs=False
+        make_settings(**{"rate_limit_backend": "memory", **overrides}), clock=clock, configure_logs=False
     )
     try:
         async with served(build(fundaments=f)) as http:
@@ -716,3 +716,35 @@ async def test_attack_a_key_cannot_drive_the_console_as_its_owner(
     finally:
         app.state.secrets.close()
         await f.close()
+
+
+async def test_on_redis_the_limits_hold_and_no_token_reaches_redis(
+    make_settings: Callable[..., Settings], clock: ManualClock
+) -> None:
+    """Issue 18: the key's limit on the shared Redis (REDIS_URL), and the token appears in no Redis
+    key name and no value (SCAN + DUMP of every rate-limit key) — only the key's public id does."""
+    from redis.asyncio import Redis
+
+    from ratelimit_support import redis_test_url
+
+    url = redis_test_url()
+    async with limited(make_settings, clock, rate_limit_backend="redis", redis_url=url) as (f, http):
+        owner = await make_owner(f.security, "redis-owner")
+        created = await f.security.create_api_key(
+            owner.id, name="ci", scopes=["models:invoke"], rate_limit="2/minute"
+        )
+        token = created.token
+        assert (await http.post("/v1/chat", headers=key(token))).status_code == 200
+        assert (await http.post("/v1/chat", headers=bearer(token))).status_code == 200
+        assert_limited(await http.post("/v1/chat", headers=key(token)), 30)
+        client = Redis.from_url(url)
+        try:
+            names = [name async for name in client.scan_iter(match="fundaments:rl:*", count=1000)]
+            ours = [name for name in names if created.key.id.encode() in name]
+            assert ours, names[:5]  # the limit really lives on Redis, under the key's public id
+            for name in names:
+                dumped = (await client.dump(name)) or b""
+                for secret in (token, token[10:], token[3:20]):
+                    assert secret.encode() not in name and secret.encode() not in dumped
+        finally:
+            await client.aclose()
