@@ -203,6 +203,9 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(default=1.0, ge=0, le=1)
     api_key_last_used_interval: float = Field(default=30.0, ge=0.1, le=3600)  # seconds between writes
     api_key_max_per_user: int = Field(default=100, ge=1, le=10_000)  # live (unrevoked) keys
+    # all of one owner's keys together, "N/second|minute|hour|day", counted by the web middleware
+    # with each key's own rate_limit (unset: only the keys' own limits)
+    api_key_user_rate_limit: str | None = Field(default=None, pattern=RATE_PATTERN)
 
     # --- account lifecycle and recovery ---------------------------------------------------------
     # what a login name may be: the username, the account's email address, or either

@@ -10,6 +10,7 @@ hold no state of their own.
 from __future__ import annotations
 
 from fundaments.access_control import ROLE_NAME_RULE
+from fundaments.api_keys import TOKEN_PREFIX as API_KEY_PREFIX
 from fundaments.audit import ChainVerification
 from fundaments.mail import MailStatus
 from fundaments.models import (
@@ -47,6 +48,7 @@ from fundaments.store.reencrypt import ReencryptReport
 # this package but config and errors (import-linter contract in pyproject.toml).
 __all__ = [
     "API_KEYS_ADMIN_PERMISSION",
+    "API_KEY_PREFIX",
     "CORE_SERVICES",
     "MAX_AUDIT_PAGE",
     "MAX_IP_LENGTH",

@@ -19,6 +19,9 @@ from fundaments.web.auth import (
     logout,
     permission_required,
     require_permission,
+    require_scope,
+    scope_required,
+    session_user,
     use_rotated_session,
     verify_mfa,
 )
@@ -73,6 +76,9 @@ __all__ = [
     "rate_limit_headers",
     "rate_limited",
     "require_permission",
+    "require_scope",
+    "scope_required",
+    "session_user",
     "use_rotated_session",
     "verify_mfa",
 ]

@@ -82,6 +82,7 @@ class Installation:
             options = {
                 "trusted_proxies": settings.trusted_proxies,
                 "allowed_hosts": settings.allowed_hosts,
+                "api_key_user_rate_limit": settings.api_key_user_rate_limit,
                 **self.options,
             }
             # auth_router's logout, password, me and csrf stay reachable for a user who must change

@@ -16,11 +16,16 @@ For each HTTP request it
    ``validate_session`` with that IP and the User-Agent; the user and session go on the scope
    (``scope["user"]`` and ``scope["fundaments"]``, a :class:`WebContext`). A bearer token that is
    not a live session is refused (401); a user who must change the password reaches only the
-   password-change and logout paths (403, or a redirect for a browser's GET);
-3. checks CSRF on unsafe methods not authenticated by a validated bearer token: a same-origin ``Origin`` (or,
-   without one, ``Referer``) and a token, in the ``X-CSRF-Token`` header or the ``csrf_token``
-   form field, derived from the session token (or, before a session exists, the double-submit
-   value of the CSRF cookie). Failure: 403;
+   password-change and logout paths (403, or a redirect for a browser's GET). An API key
+   (``Authorization: Bearer fk_…`` or ``X-API-Key``) is checked with ``validate_api_key`` instead:
+   its owner is the user, the key ``WebContext.api_key``; a key that is not a live one is refused
+   (401 ``api_key_invalid``), a cookie beside a key is ignored, and no cookie or session is ever
+   issued on such a request. Then a key with a ``rate_limit`` (or ``api_key_user_rate_limit``
+   set) is counted in one ``rate_limit_all`` decision: 429 with ``Retry-After`` when refused;
+3. checks CSRF on unsafe methods not authenticated by a validated bearer token or API key: a
+   same-origin ``Origin`` (or, without one, ``Referer``) and a token, in the ``X-CSRF-Token``
+   header or the ``csrf_token`` form field, derived from the session token (or, before a
+   session exists, the double-submit value of the CSRF cookie). Failure: 403;
 4. adds the security headers to every response (refusals and 500s included) and the cookies the
    request changed: a rotated session token, a cleared dead cookie, the cookies set by
    :func:`fundaments.web.login`; a ``Location`` pointing at the request's own host becomes relative;
@@ -62,7 +67,18 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fundaments.config.settings import DEFAULT_ALLOWED_HOSTS
 from fundaments.errors import FundamentsError, RateLimited, ServiceUnavailable
-from fundaments.security import MAX_IP_LENGTH, RateLimitDecision, RequestContext, Security, Session, User
+from fundaments.security import (
+    API_KEY_PREFIX,
+    MAX_IP_LENGTH,
+    ApiKey,
+    RateLimitDecision,
+    RequestContext,
+    Security,
+    Session,
+    User,
+    parse_rate,
+)
+from fundaments.web.errors import Refused
 from fundaments.web.ratelimit_headers import rate_limit_headers, retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -141,7 +157,9 @@ class WebContext:
     cookies: CookieNames
     user: User | None = None
     session: Session | None = None
-    auth: Literal["cookie", "bearer"] | None = None
+    auth: Literal["cookie", "bearer", "api_key"] | None = None
+    # The API key that authenticated this request (``auth == "api_key"``; ``user`` is its owner).
+    api_key: ApiKey | None = None
     device_token: str | None = None
     _token: str | None = field(default=None, repr=False)
     _presession_csrf: str | None = field(default=None, repr=False)
@@ -173,9 +191,12 @@ class WebContext:
 
     @property
     def csrf_token(self) -> str:
-        """The token a form of this request's page must carry (``csrf_token`` field)."""
+        """The token a form of this request's page must carry (``csrf_token`` field); "" on an
+        API-key request, which needs none and never gets a cookie."""
         if self._token is not None and self.auth == "cookie":
             return csrf_token_for(self._token)
+        if self.api_key is not None:
+            return ""
         if self._presession_csrf is None:  # first anonymous page: issue the double-submit cookie
             self._presession_csrf = secrets.token_urlsafe(32)
             self._set_cookies.append(
@@ -187,7 +208,11 @@ class WebContext:
         self, token: str, user: User | None, session: Session | None, *, cookie: bool = True
     ) -> None:
         """Use ``token`` as this client's session from now on: the cookie is set on the response,
-        unless ``cookie`` is False (a client that sends the token as a bearer token instead)."""
+        unless ``cookie`` is False (a client that sends the token as a bearer token instead).
+
+        Refused (403 ``api_key_session_refused``) on an API-key request: a key cannot open a session."""
+        if self.api_key is not None:
+            raise _no_session_refusal()
         if user is not None and self._forget_user is not None:
             self._forget_user(user.id)  # a login or password change: read the account afresh
         self._token, self.user, self.session = token, user, session
@@ -196,6 +221,8 @@ class WebContext:
             self._set_cookies.append(_cookie(self.cookies.session, token, secure=self.cookies.secure))
 
     def set_device_token(self, token: str) -> None:
+        if self.api_key is not None:
+            raise _no_session_refusal()
         self.device_token = token
         self._set_cookies.append(
             _cookie(self.cookies.device, token, secure=self.cookies.secure, max_age=DEVICE_COOKIE_MAX_AGE)
@@ -204,7 +231,10 @@ class WebContext:
     def end_session(self) -> str | None:
         """Forget the session of this request and clear its cookie; the token, if there was one.
 
-        A bearer session leaves the cookie alone: that is another session, which lives on."""
+        A bearer session leaves the cookie alone: that is another session, which lives on. An
+        API-key request has no session: nothing ends, no cookie is touched, the key stays valid."""
+        if self.api_key is not None:
+            return None
         token, bearer = self._token, self.auth == "bearer"
         self._token, self.user, self.session, self.auth = None, None, None, None
         if not bearer:
@@ -266,6 +296,18 @@ CSRF_INVALID = Refusal(403, "csrf_invalid", "Forbidden: CSRF token invalid; relo
 SESSION_INVALID = Refusal(
     401, "session_invalid", "The bearer token is not a live session; log in again for a new one."
 )
+API_KEY_INVALID = Refusal(
+    401,
+    "api_key_invalid",
+    "The API key is not valid (mistyped, unknown, revoked, expired, or not allowed from this address); "
+    "check it, or ask its owner for a new one.",
+)
+API_KEY_NO_SESSION = Refusal(
+    403,
+    "api_key_session_refused",
+    "An API-key request cannot open a session: log in without the API key (the key authenticates "
+    "each request by itself).",
+)
 PASSWORD_CHANGE_REQUIRED = Refusal(
     403, "password_change_required", "Change your password first; until then only that and logging out work."
 )
@@ -294,6 +336,10 @@ def rate_limited_answer(scope: Scope, exc: RateLimited) -> tuple[Refusal, tuple[
 
 
 SERVER_ERROR = Refusal(500, "server_error", "Internal server error.")
+
+
+def _no_session_refusal() -> Refused:
+    return Refused(API_KEY_NO_SESSION.status, API_KEY_NO_SESSION.code, API_KEY_NO_SESSION.detail)
 
 
 class _BoundedReceive:
@@ -358,6 +404,9 @@ class SecurityMiddleware:
         csp_by_path: Mapping[str, str] | None = None,
         permissions_policy: str = DEFAULT_PERMISSIONS_POLICY,
         hsts_max_age: int = 63_072_000,  # seconds (two years), sent over https only
+        # all of one owner's API keys together ("N/minute"), beside each key's own rate_limit;
+        # install() passes API_KEY_USER_RATE_LIMIT
+        api_key_user_rate_limit: str | None = None,
     ) -> None:
         self.app = app
         self.security = security
@@ -371,6 +420,9 @@ class SecurityMiddleware:
             413, BODY_TOO_LARGE.code, f"Request body too large: the limit is {self.max_body_bytes} bytes."
         )
         self.password_change_path = password_change_path
+        if api_key_user_rate_limit is not None:
+            parse_rate(api_key_user_rate_limit)  # InvalidArgument now, not on the first key's request
+        self.api_key_user_rate_limit = api_key_user_rate_limit
         self.password_change_paths = frozenset({password_change_path, *password_change_exempt_paths})
         hosts = [h.strip().lower() for h in allowed_hosts]
         hosts = [h[1:-1] if h.startswith("[") and h.endswith("]") else h for h in hosts]
@@ -398,6 +450,7 @@ class SecurityMiddleware:
         if proxies:
             self._websocket_entry = ProxyHeadersMiddleware(self._websocket, proxies)  # type: ignore[arg-type,assignment]
         self._warned_insecure = False
+        self._warned_no_api_keys = False
         # user id -> (fetched at, User). Safe to reuse for USER_CACHE_SECONDS: disabling a user ends
         # their sessions (validate_session fails first), and the helpers drop entries they change.
         self._users: dict[int, tuple[float, User]] = {}
@@ -483,7 +536,7 @@ class SecurityMiddleware:
                     raw.extend((name.encode(), value.encode()) for name, value in ctx._extra_headers)
                 if ctx._rate_limits is not None:
                     raw.extend((n.encode(), v.encode()) for n, v in rate_limit_headers(ctx._rate_limits))
-                if ctx._set_cookies:
+                if ctx._set_cookies and ctx.api_key is None:  # an API-key request never gets a cookie
                     raw.extend((b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies)
                 message["headers"] = raw
             await send(message)
@@ -504,7 +557,7 @@ class SecurityMiddleware:
             if refusal is not None:
                 own = True
                 log.warning("refused %s %s: %s", scope["method"], scope["path"], refusal.code)
-                extra = BEARER_CHALLENGE if refusal is SESSION_INVALID else ()
+                extra = BEARER_CHALLENGE if refusal in UNAUTHENTICATED else ()
                 if refusal is PASSWORD_CHANGE_REQUIRED and _browser_page(scope, headers):
                     await self._redirect(send_wrapper, self.password_change_path)
                 else:
@@ -591,14 +644,21 @@ class SecurityMiddleware:
         # A bearer header that authenticates nothing is refused rather than served as anonymous:
         # it can neither switch CSRF off nor let a logout clear a cookie whose session lives on.
         # Exempt paths (webhooks) may use Authorization for a scheme of their own.
+        # So is an API key that is not a live one (typo, revoked, expired, wrong address).
         if auth == "bearer" and ctx.auth != "bearer" and path not in self.csrf_exempt_paths:
             return receive, SESSION_INVALID
+        if auth == "api_key" and ctx.auth != "api_key" and path not in self.csrf_exempt_paths:
+            return receive, API_KEY_INVALID
+        key = ctx.api_key
+        if key is not None and (key.rate_limit is not None or self.api_key_user_rate_limit is not None):
+            await self._limit_api_key(ctx, key)  # RateLimited: answered 429 by _answer_exception
         user = ctx.user
         if user is not None and user.must_change_password and path not in self.password_change_paths:
             return receive, PASSWORD_CHANGE_REQUIRED
-        # A browser never attaches an Authorization header cross-site: a validated bearer token
-        # needs no CSRF token.
-        if scope["method"] not in SAFE_METHODS and ctx.auth != "bearer":
+        # A browser never attaches an Authorization (or X-API-Key) header cross-site: a validated
+        # bearer token or API key needs no CSRF token. ctx.auth, not auth: only a credential that
+        # validated switches CSRF off (a cookie beside a garbage key was refused above).
+        if scope["method"] not in SAFE_METHODS and ctx.auth != "bearer" and ctx.auth != "api_key":
             return await self._check_csrf(scope, receive, headers, ctx, presented)
         return receive, None
 
@@ -643,19 +703,29 @@ class SecurityMiddleware:
     @staticmethod
     def _presented_token(
         headers: Mapping[str, str], cookie: str | None
-    ) -> tuple[str | None, Literal["cookie", "bearer"] | None]:
+    ) -> tuple[str | None, Literal["cookie", "bearer", "api_key"] | None]:
+        """The credential of the request and its kind, one per request, in this order:
+        ``Authorization: Bearer`` (an API key when it starts with ``fk_``, else a session token),
+        ``X-API-Key``, the session cookie. A cookie beside an API key is ignored, never used."""
         authorization = headers.get("authorization")
         if authorization is not None:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer":
-                return _plausible_token(value.strip()), "bearer"
+                value = value.strip()
+                return _plausible_token(value), "api_key" if value.startswith(API_KEY_PREFIX) else "bearer"
+        api_key = headers.get(API_KEY_HEADER)
+        if api_key is not None:
+            return _plausible_token(api_key.strip()), "api_key"
         if cookie is not None:
             return _plausible_token(cookie), "cookie"
         return None, None
 
     async def _authenticate(
-        self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer"] | None
+        self, ctx: WebContext, token: str, auth: Literal["cookie", "bearer", "api_key"] | None
     ) -> None:
+        if auth == "api_key":
+            await self._authenticate_api_key(ctx, token)
+            return
         # SESSION_BINDING for cookies, SESSION_BINDING_BEARER for bearer clients (which roam networks).
         session = await self.security.validate_session(token, ctx.request_context, bearer=auth == "bearer")
         user = await self._user(session.user_id) if session is not None else None
@@ -672,6 +742,56 @@ class SecurityMiddleware:
                 )
             else:
                 ctx._extra_headers.append(("x-session-token", session.rotated_token))
+
+    async def _authenticate_api_key(self, ctx: WebContext, token: str) -> None:
+        """The key and its owner on ``ctx``, or nothing (the caller refuses): a mistyped token
+        costs no I/O (the checksum), a known one a cached lookup; the owner comes through the user
+        cache and a disabled one is refused."""
+        try:
+            key = await self.security.validate_api_key(token, ctx.request_context)
+        except ServiceUnavailable:  # API keys are not running (no encryption keys): no key is valid
+            if not self._warned_no_api_keys:
+                self._warned_no_api_keys = True
+                log.warning(
+                    "refusing API keys: they are not running (set MASTER_ENCRYPTION_KEY and "
+                    "PERSISTENT_ENCRYPTION_SALT to use them)"
+                )
+            return
+        if key is None:
+            return
+        user = await self._user(key.user_id)
+        if user is None or user.is_disabled:
+            return
+        ctx.user, ctx.api_key, ctx.auth = user, key, "api_key"
+
+    async def _limit_api_key(self, ctx: WebContext, key: ApiKey) -> None:
+        """Count this request against the key's own limit and its owner's limit across all their
+        keys, in one all-or-nothing decision (a request refused by one uses up neither); both go
+        in the response's RateLimit headers (policies ``api-key`` and ``api-key-owner``). Refused:
+        RateLimited, which the middleware answers 429 with Retry-After (the longest wait). Both
+        keys start ``user:<owner id>``: one Redis Cluster slot."""
+        owner = f"user:{key.user_id}"
+        checks: list[tuple[str, str]] = []
+        policies: list[str] = []
+        if key.rate_limit is not None:
+            checks.append((f"{owner}:apikey:{key.id}", key.rate_limit))
+            policies.append(KEY_POLICY)
+        if self.api_key_user_rate_limit is not None:
+            checks.append((f"{owner}:apikeys", self.api_key_user_rate_limit))
+            policies.append(OWNER_POLICY)
+        if not checks:
+            return
+        decisions = await self.security.rate_limit_all(checks)
+        for policy, decision in zip(policies, decisions, strict=True):
+            ctx.record_rate_limit(policy, decision)
+        if not decisions[0].allowed:
+            at = max(range(len(decisions)), key=lambda i: decisions[i].retry_after)
+            whose = "this API key" if policies[at] == KEY_POLICY else "this API key's owner (all keys)"
+            raise RateLimited(
+                f"the rate limit of {whose} is reached",
+                retry_after=decisions[at].retry_after,
+                decision=decisions[at],
+            )
 
     async def _user(self, user_id: int) -> User | None:
         now = time.monotonic()
@@ -768,8 +888,9 @@ class SecurityMiddleware:
 
         offered = _take_bearer_subprotocol(scope)  # the token leaves the scope before the app runs
         presented, auth = self._presented_token(headers, cookies.get(cookie_names.session))
-        if offered is not None and auth != "bearer":  # Authorization first, then the subprotocol
-            presented, auth = _plausible_token(offered), "bearer"
+        if offered is not None and auth not in ("bearer", "api_key"):  # headers first, then the subprotocol
+            presented = _plausible_token(offered)
+            auth = "api_key" if offered.startswith(API_KEY_PREFIX) else "bearer"
         refusal = None
         if auth == "cookie" and not self._websocket_origin_allowed(scope, headers, secure):
             # Cross-site WebSocket hijacking: a browser attaches the cookie to a handshake that any
@@ -779,11 +900,20 @@ class SecurityMiddleware:
             await self._authenticate(ctx, presented, auth)
         if refusal is None and auth == "bearer" and ctx.auth != "bearer":
             refusal = SESSION_INVALID
-        elif refusal is None and ctx.user is not None and ctx.user.must_change_password:
+        elif refusal is None and auth == "api_key" and ctx.auth != "api_key":
+            refusal = API_KEY_INVALID
+        limited: tuple[tuple[str, str], ...] = ()
+        if refusal is None and ctx.api_key is not None:
+            try:
+                await self._limit_api_key(ctx, ctx.api_key)
+            except RateLimited as exc:
+                refusal, retry = rate_limited_answer(scope, exc)
+                limited = (*retry, *rate_limit_headers(ctx.rate_limits))
+        if refusal is None and ctx.user is not None and ctx.user.must_change_password:
             refusal = PASSWORD_CHANGE_REQUIRED
         if refusal is not None:
             log.warning("refused WebSocket %s: %s", scope["path"], refusal.code)
-            extra = BEARER_CHALLENGE if refusal is SESSION_INVALID else ()
+            extra = BEARER_CHALLENGE if refusal in UNAUTHENTICATED else limited
             await self._deny_websocket(scope, send, refusal, extra)
             return
         scope["user"] = ctx.user
@@ -795,8 +925,11 @@ class SecurityMiddleware:
                 # subprotocols: the marker, never the token.
                 if offered is not None and message.get("subprotocol") not in remaining:
                     message["subprotocol"] = BEARER_SUBPROTOCOL
-                extra = [(b"set-cookie", cookie.encode()) for cookie in ctx._set_cookies]
+                cookies_set = ctx._set_cookies if ctx.api_key is None else ()  # never on an API key
+                extra = [(b"set-cookie", cookie.encode()) for cookie in cookies_set]
                 extra += [(name.encode(), value.encode()) for name, value in ctx._extra_headers]
+                if ctx._rate_limits is not None:
+                    extra += [(n.encode(), v.encode()) for n, v in rate_limit_headers(ctx._rate_limits)]
                 if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
@@ -876,12 +1009,17 @@ _WANTED_HEADERS = frozenset(
         b"content-length",
         b"accept",
         b"x-csrf-token",
+        b"x-api-key",
     }
 )
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 NO_STORE = (b"cache-control", b"no-store")
 CONNECTION_CLOSE = (("connection", "close"),)  # the rest of a refused body is never read
 BEARER_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
+UNAUTHENTICATED = (SESSION_INVALID, API_KEY_INVALID)  # 401 with BEARER_CHALLENGE
+KEY_POLICY = "api-key"  # the RateLimit policy names of an API key's own limit and its owner's
+OWNER_POLICY = "api-key-owner"
+API_KEY_HEADER = "x-api-key"
 
 
 # WebSocket handshakes. A browser cannot set Authorization on one, so its bearer token travels as
@@ -991,13 +1129,14 @@ def _content_type(headers: Mapping[str, str]) -> str:
 
 
 def _api_client(headers: Mapping[str, str]) -> bool:
-    """Says it is an API client: it accepts JSON, sends JSON, or authenticates with a bearer token."""
+    """Says it is an API client: it accepts JSON, sends JSON, or authenticates with a bearer token
+    or an API key."""
     if "application/json" in headers.get("accept", ""):
         return True
     content_type = _content_type(headers)
     if content_type == "application/json" or content_type.endswith("+json"):
         return True
-    return headers.get("authorization", "")[:7].lower() == "bearer "
+    return headers.get("authorization", "")[:7].lower() == "bearer " or API_KEY_HEADER in headers
 
 
 def _wants_json(headers: Mapping[str, str]) -> bool:

@@ -6,7 +6,8 @@ operation's security requirement, so ``openapi.json`` has the ``bearer`` scheme,
 operation its ``security``, and ``/docs`` an Authorize button. The guard's ``__call__`` is the
 guard itself: one dependency, as before (extra documenting dependencies cost FastAPI's dependency
 solver ~10 us each per request, bench/web.py). :func:`add_cookie_scheme` (install() applies it to
-the generated document) adds the session cookie as the alternative to the bearer token.
+the generated document) adds the session cookie and the ``X-API-Key`` header as the alternatives
+to the bearer token.
 
 Without FastAPI installed a guard stays the plain function.
 """
@@ -23,7 +24,15 @@ Guard = Callable[[HTTPConnection], Awaitable[T]]
 
 BEARER = "bearer"
 COOKIE = "session cookie"
-BEARER_DESCRIPTION = "The session token: POST /auth/login answers it as `token`."
+API_KEY = "api key"
+BEARER_DESCRIPTION = "The session token (POST /auth/login answers it as `token`) or an API key (`fk_…`)."
+API_KEY_SCHEME = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "X-API-Key",
+    "description": "An API key (`fk_…`, from create_api_key); the same as Authorization: Bearer fk_…. "
+    "What it may do is its owner's permissions narrowed to its scopes; no CSRF token, no session.",
+}
 COOKIE_SCHEME = {
     "type": "apiKey",
     "in": "cookie",
@@ -57,15 +66,19 @@ def documented(guard: Guard[T], name: str) -> Guard[T]:
 
 
 def add_cookie_scheme(document: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI ``document`` with the session cookie beside the bearer token, wherever an
-    operation requires the bearer scheme."""
+    """The OpenAPI ``document`` with the session cookie and the API-key header beside the bearer
+    token, wherever an operation requires the bearer scheme (each one alternative: a list of
+    requirement objects is "any of")."""
     schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
     if BEARER not in schemes:
         return document
     schemes.setdefault(COOKIE, dict(COOKIE_SCHEME))
+    schemes.setdefault(API_KEY, dict(API_KEY_SCHEME))
     for path in document.get("paths", {}).values():
         for operation in path.values():
             security = operation.get("security") if isinstance(operation, dict) else None
-            if security and {BEARER: []} in security and {COOKIE: []} not in security:
-                security.append({COOKIE: []})
+            if security and {BEARER: []} in security:
+                for alternative in (COOKIE, API_KEY):
+                    if {alternative: []} not in security:
+                        security.append({alternative: []})
     return document

@@ -44,7 +44,7 @@ from fundaments.errors import (
     UserExistsError,
 )
 from fundaments.security import LoginFailure, LoginResult, Session, User
-from fundaments.web.auth import current_user, login, logout, use_rotated_session, verify_mfa
+from fundaments.web.auth import current_user, login, logout, session_user, use_rotated_session, verify_mfa
 from fundaments.web.errors import Refused
 from fundaments.web.install import OPEN_ROUTES
 from fundaments.web.middleware import SERVICE_BUSY, browser_like, csrf_token_for, get_context
@@ -52,6 +52,7 @@ from fundaments.web.ratelimits import limit_per_ip, limit_per_target
 
 Body = TypeVar("Body", bound=BaseModel)
 CurrentUser = Annotated[User, Depends(current_user)]
+SessionUser = Annotated[User, Depends(session_user)]  # not for API keys
 
 MAX_FIELD = 4096  # no credential, address or token is longer; the body limit bounds the rest
 INVALID_LINK = "The link is not valid any more: ask for a new one."
@@ -370,7 +371,7 @@ def auth_router(
         summary="The account's live sessions, newest first",
         responses=_refusals(401),
     )
-    async def sessions(request: Request, user: CurrentUser) -> list[SessionOut]:
+    async def sessions(request: Request, user: SessionUser) -> list[SessionOut]:
         ctx = get_context(request)
         return [_session_out(s, ctx.session) for s in await ctx.security.list_sessions(user.id)]
 
@@ -381,7 +382,7 @@ def auth_router(
         summary="End one of the account's sessions",
         responses=_refusals(401, 403, 404),
     )
-    async def end_session(session_id: str, request: Request, user: CurrentUser) -> Response:
+    async def end_session(session_id: str, request: Request, user: SessionUser) -> Response:
         ctx = get_context(request)
         current = ctx.session is not None and ctx.session.id == session_id
         if not await ctx.security.revoke_session(user.id, session_id[:200]):
@@ -404,7 +405,7 @@ def auth_router(
         openapi_extra=_body_doc(PasswordBody, form=True),
         responses=_refusals(401, 403, 413, 422, 429),
     )
-    async def password(request: Request, user: CurrentUser) -> TokenOut:
+    async def password(request: Request, user: SessionUser) -> TokenOut:
         body = await _body(request, PasswordBody)
         ctx = get_context(request)
         try:
@@ -486,7 +487,7 @@ def auth_router(
         summary="Mail a verification link to the signed-in account's address",
         responses=_refusals(401, 403, 422, 429),
     )
-    async def verify_email_request(request: Request, user: CurrentUser) -> Done:
+    async def verify_email_request(request: Request, user: SessionUser) -> Done:
         if user.email is None:
             raise Refused(422, "no_email", "The account has no email address to verify.")
         await limit_per_ip(request, "account-mail", "rate_limit_account_mail")
