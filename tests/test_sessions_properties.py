@@ -102,11 +102,22 @@ field_values = st.one_of(
     st.just("203.0.113.7" + "\x00"),
     st.text(min_size=600, max_size=700),
 )
+
+
+def _context_or_refusal(ip: Any, agent: Any) -> Any:
+    """A RequestContext of these fields, or — when RequestContext refuses them at construction (it
+    is checked when made) — the same fields as the seed's dict, which validate must refuse."""
+    try:
+        return RequestContext(ip, agent)
+    except ValueError:
+        return {"ip_address": ip, "user_agent": agent}
+
+
 request_datas = st.one_of(
     st.dictionaries(
         st.sampled_from(["ip_address", "user_agent", "device_token", "other"]), field_values, max_size=4
     ),
-    st.builds(RequestContext, field_values, field_values),
+    st.builds(_context_or_refusal, field_values, field_values),
     st.none(),
     st.integers(),
     st.lists(st.text(), max_size=2),
@@ -134,6 +145,21 @@ def test_request_data_is_coerced_or_refused_with_value_error(
     assert (result is not None) is same_client
     if not same_client:  # strict binding: the mismatch killed the session for everyone
         assert harness.run(sessions.validate(token, CLIENT)) is None
+
+
+@PROPERTY_SETTINGS
+@given(ip=field_values, agent=field_values, device=field_values)
+def test_a_request_context_is_valid_once_made(ip: Any, agent: Any, device: Any) -> None:
+    """RequestContext checks its fields when made (so coerce() hands one on unchecked): either a
+    ValueError naming the field, or a context whose fields a database can store."""
+    try:
+        ctx = RequestContext(ip, agent, device)
+    except ValueError as exc:
+        assert "request_data[" in str(exc)
+        return
+    assert isinstance(ctx.ip_address, str) and ctx.ip_address.strip() and len(ctx.ip_address) <= 45
+    assert isinstance(ctx.user_agent, str) and "\x00" not in ctx.user_agent and len(ctx.user_agent) <= 512
+    assert RequestContext.coerce(ctx) is ctx
 
 
 client_text = st.text(max_size=60) | st.sampled_from(["\x00", "a\x00b", "\udcff", "é\ud800"])
