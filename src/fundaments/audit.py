@@ -327,6 +327,10 @@ class AuditTrail:
 
     async def close(self) -> None:
         """Write the counts of coalesced events and wait for background writes to finish."""
+        # The events already on their way first: a count lands after the event it follows (two
+        # writes started together may take the chain's lock in either order, PostgreSQL's pool).
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         for kind, burst in list(self._bursts.items()):
             if burst.suppressed:
                 self._schedule(
